@@ -1,0 +1,3 @@
+"""amqpy: an AMQP 0-9-1 message broker on trio that behaves like RabbitMQ."""
+
+__version__ = "0.1.0"

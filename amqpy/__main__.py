@@ -1,0 +1,3 @@
+from amqpy.cli import main
+
+raise SystemExit(main())

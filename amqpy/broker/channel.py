@@ -1,0 +1,241 @@
+"""The broker's side of an AMQP channel: consumers, unacked deliveries,
+prefetch (basic.qos) and acknowledgements. No frames, no channel numbers:
+deliveries leave through a `DeliverySink` the server provides.
+
+Prefetch follows RabbitMQ: `global=false` sets the limit for consumers
+started afterwards on this channel, each counting its own unacked messages;
+`global=true` sets one limit shared by all consumers of the channel. Both may
+be in force at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from amqpy.broker.errors import (
+    AccessRefusedError,
+    NotAllowedError,
+    PreconditionFailedError,
+)
+from amqpy.broker.queue import Consumer, Queue, QueueEntry
+from amqpy.model.message import Message
+
+
+class DeliverySink(Protocol):
+    """Where a channel's deliveries go (the server encodes them as frames)."""
+
+    def can_accept(self) -> bool:
+        """False while the connection's outbound buffer is over its high mark."""
+
+    def deliver(
+        self,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        message: Message,
+    ) -> None: ...
+
+    def consumer_cancelled(self, consumer_tag: str) -> None:
+        """The broker cancelled a consumer (its queue was deleted)."""
+
+
+def generate_name(prefix: str) -> str:
+    """A RabbitMQ-style generated name: prefix + 22 url-safe base64 chars."""
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
+
+
+class Unacked:
+    __slots__ = ("consumer", "entry", "queue")
+
+    def __init__(self, queue: Queue, entry: QueueEntry, consumer: Consumer | None):
+        self.queue = queue
+        self.entry = entry
+        self.consumer = consumer
+
+
+class Channel:
+    def __init__(self, sink: DeliverySink, owner: object) -> None:
+        self.sink = sink
+        self.owner = owner  # the connection, for exclusive-queue checks
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self._next_delivery_tag = 1
+        self.prefetch_count = 0  # for consumers started from now on
+        self.global_prefetch_count = 0
+        self.closed = False
+
+    # -- delivery (called by queues) ----------------------------------------
+
+    def can_deliver(self, consumer: Consumer) -> bool:
+        if consumer.no_ack:
+            return self.sink.can_accept()
+        if consumer.prefetch_count and consumer.unacked >= consumer.prefetch_count:
+            return False
+        if (
+            self.global_prefetch_count
+            and len(self.unacked) >= self.global_prefetch_count
+        ):
+            return False
+        return self.sink.can_accept()
+
+    def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
+        delivery_tag = self._next_delivery_tag
+        self._next_delivery_tag = delivery_tag + 1
+        if not consumer.no_ack:
+            self.unacked[delivery_tag] = Unacked(consumer.queue, entry, consumer)
+            consumer.unacked += 1
+            consumer.queue.unacked_count += 1
+        self.sink.deliver(consumer.tag, delivery_tag, entry.redelivered, entry.message)
+
+    def get(self, queue: Queue, no_ack: bool) -> tuple[int, QueueEntry] | None:
+        """basic.get: the head message and its delivery tag, or None."""
+        entry = queue.take()
+        if entry is None:
+            return None
+        delivery_tag = self._next_delivery_tag
+        self._next_delivery_tag = delivery_tag + 1
+        if not no_ack:
+            self.unacked[delivery_tag] = Unacked(queue, entry, None)
+            queue.unacked_count += 1
+        return delivery_tag, entry
+
+    # -- consumers -------------------------------------------------------------
+
+    def consume(
+        self,
+        queue: Queue,
+        consumer_tag: str,
+        *,
+        no_ack: bool,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Consumer:
+        if not consumer_tag:
+            consumer_tag = generate_name("amq.ctag-")
+        if consumer_tag in self.consumers:
+            raise NotAllowedError(f"attempt to reuse consumer tag '{consumer_tag}'")
+        if queue.has_exclusive_consumer or (exclusive and queue.consumers):
+            raise AccessRefusedError(
+                f"queue '{queue.name}' in vhost '{queue.vhost_name}' in exclusive use"
+            )
+        consumer = Consumer(
+            consumer_tag,
+            queue,
+            self,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            prefetch_count=self.prefetch_count,
+            arguments=arguments,
+        )
+        self.consumers[consumer_tag] = consumer
+        return consumer
+
+    def start(self, consumer: Consumer) -> None:
+        """Attach the consumer to its queue (after consume-ok is queued)."""
+        consumer.queue.add_consumer(consumer)
+
+    def cancel(self, consumer_tag: str) -> bool:
+        consumer = self.consumers.pop(consumer_tag, None)
+        if consumer is None:
+            return False
+        consumer.queue.remove_consumer(consumer)
+        return True
+
+    def queue_deleted(self, consumer: Consumer) -> None:
+        """The consumer's queue went away: forget it and tell the client."""
+        if self.consumers.pop(consumer.tag, None) is not None:
+            self.sink.consumer_cancelled(consumer.tag)
+
+    # -- qos -------------------------------------------------------------------
+
+    def qos(self, prefetch_count: int, global_: bool) -> None:
+        if global_:
+            self.global_prefetch_count = prefetch_count
+        else:
+            self.prefetch_count = prefetch_count
+        self.kick()
+
+    def kick(self) -> None:
+        """Let this channel's queues deliver again (room may have opened up)."""
+        if self.closed:
+            return
+        for queue in {consumer.queue for consumer in self.consumers.values()}:
+            queue.dispatch()
+
+    # -- acknowledgements ------------------------------------------------------
+
+    def _take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            if delivery_tag not in unacked:
+                raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+            return [unacked.pop(tag) for tag in list(self._tags_up_to(delivery_tag))]
+        found = unacked.pop(delivery_tag, None)
+        if found is None:
+            raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+        return [found]
+
+    def _tags_up_to(self, delivery_tag: int) -> Iterator[int]:
+        for tag in self.unacked:  # insertion order is delivery order
+            if tag > delivery_tag:
+                return
+            yield tag
+
+    def _settle(self, taken: list[Unacked]) -> None:
+        for item in taken:
+            item.queue.unacked_count -= 1
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        taken = self._take(delivery_tag, multiple)
+        self._settle(taken)
+        self.kick()
+
+    def reject(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
+        """basic.nack / basic.reject."""
+        taken = self._take(delivery_tag, multiple)
+        self._settle(taken)
+        if requeue:
+            self._requeue(taken)
+        self.kick()
+
+    def recover(self) -> None:
+        """basic.recover(requeue=true): every unacked message goes back."""
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(taken)
+        self._requeue(taken)
+        self.kick()
+
+    @staticmethod
+    def _requeue(taken: list[Unacked]) -> None:
+        by_queue: dict[Queue, list[QueueEntry]] = {}
+        for item in taken:
+            by_queue.setdefault(item.queue, []).append(item.entry)
+        for queue, entries in by_queue.items():
+            queue.requeue(entries)
+
+    def close(self) -> None:
+        """The channel is gone: cancel its consumers, requeue what it held."""
+        if self.closed:
+            return
+        self.closed = True
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(taken)
+        # Requeue before the consumers go, so an auto-delete queue deleted by
+        # losing its last consumer does not swallow them first; RabbitMQ drops
+        # them with the queue either way.
+        self._requeue(taken)
+        for consumer in consumers:
+            consumer.queue.remove_consumer(consumer)

@@ -1,0 +1,470 @@
+"""A virtual host: its exchanges, queues and bindings, and the rules of
+declaring, binding, deleting and publishing, with RabbitMQ's errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from amqpy.broker.arguments import amqp_type_name, format_value
+from amqpy.broker.channel import generate_name
+from amqpy.broker.errors import (
+    AccessRefusedError,
+    CommandInvalidError,
+    NotFoundError,
+    PreconditionFailedError,
+    ResourceLockedError,
+)
+from amqpy.broker.exchange import (
+    EXCHANGE_TYPES,
+    DefaultExchange,
+    Exchange,
+)
+from amqpy.broker.queue import Queue
+from amqpy.model.message import Message
+
+# Queue arguments RabbitMQ compares on redeclare; others are not compared.
+EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
+    "x-expires",
+    "x-message-ttl",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-queue-type",
+    "x-queue-mode",
+    "x-single-active-consumer",
+    "x-queue-master-locator",
+)
+
+PREDECLARED_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def _reserved(name: str) -> bool:
+    return name.startswith("amq.")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class VHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queues: dict[str, Queue] = {}
+        self.default_exchange = DefaultExchange(self.queues.get)
+        self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
+        # exchanges that have bindings to a destination (queue or exchange)
+        self._sources: dict[object, set[Exchange]] = {}
+        self._exclusive: dict[object, set[Queue]] = {}
+        for exchange_name, type_name in PREDECLARED_EXCHANGES:
+            self.exchanges[exchange_name] = EXCHANGE_TYPES[type_name](
+                exchange_name, durable=True
+            )
+
+    def _describe(self, kind: str, name: str) -> str:
+        return f"{kind} '{name}' in vhost '{self.name}'"
+
+    # -- lookups ---------------------------------------------------------------
+
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFoundError(f"no {self._describe('exchange', name)}")
+        return exchange
+
+    def get_queue(self, name: str, owner: object | None) -> Queue:
+        """The queue, checked for exclusive access by `owner`."""
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFoundError(f"no {self._describe('queue', name)}")
+        self._check_exclusive_access(queue, owner)
+        return queue
+
+    def _check_exclusive_access(self, queue: Queue, owner: object | None) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise ResourceLockedError(
+                "cannot obtain exclusive access to locked "
+                f"{self._describe('queue', queue.name)}. It could be originally "
+                "declared on another connection or the exclusive property value "
+                "does not match that of the original declaration."
+            )
+
+    # -- exchanges -------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_name: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Exchange:
+        arguments = dict(arguments or {})
+        if passive:
+            if name == "":
+                return self.default_exchange
+            return self.get_exchange(name)
+        if name == "":
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        if _reserved(name):
+            raise AccessRefusedError(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        exchange_type = EXCHANGE_TYPES.get(type_name)
+        if exchange_type is None:
+            raise CommandInvalidError(f"unknown exchange type '{type_name}'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            self._check_exchange_equivalence(
+                existing, type_name, durable, auto_delete, internal, arguments
+            )
+            return existing
+        exchange = exchange_type(
+            name,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_exchange_equivalence(
+        self,
+        exchange: Exchange,
+        type_name: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        where = self._describe("exchange", exchange.name)
+        if exchange.type_name != type_name:
+            raise PreconditionFailedError(
+                f"inequivalent arg 'type' for {where}: received '{type_name}' "
+                f"but current is '{exchange.type_name}'"
+            )
+        for arg, received, current in (
+            ("durable", durable, exchange.durable),
+            ("auto_delete", auto_delete, exchange.auto_delete),
+            ("internal", internal, exchange.internal),
+        ):
+            if received != current:
+                raise PreconditionFailedError(
+                    f"inequivalent arg '{arg}' for {where}: received "
+                    f"'{_flag(received)}' but current is '{_flag(current)}'"
+                )
+        self._check_arguments(
+            where, arguments, exchange.arguments, ("alternate-exchange",)
+        )
+
+    def _check_arguments(
+        self,
+        where: str,
+        received: Mapping[str, Any],
+        current: Mapping[str, Any],
+        checked: tuple[str, ...],
+    ) -> None:
+        for key in checked:
+            new, old = received.get(key), current.get(key)
+            if new == old and type(new) is type(old):
+                continue
+            raise PreconditionFailedError(
+                f"inequivalent arg '{key}' for {where}: received "
+                f"{_describe_value(new)} but current is {_describe_value(old)}"
+            )
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "":
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        if _reserved(name):
+            raise AccessRefusedError(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFoundError(f"no {self._describe('exchange', name)}")
+        if if_unused and exchange.bindings:
+            raise PreconditionFailedError(f"{self._describe('exchange', name)} in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        exchange.deleted = True
+        del self.exchanges[exchange.name]
+        for destination in list(exchange.bindings):
+            exchange.remove_destination(destination)
+            self._forget_source(destination, exchange)
+        self._unbind_destination(exchange)
+
+    # -- queues ----------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        owner: object,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Queue:
+        arguments = dict(arguments or {})
+        if passive:
+            if name == "":
+                raise NotFoundError(f"no {self._describe('queue', name)}")
+            return self.get_queue(name, owner)
+        if name == "":
+            name = generate_name("amq.gen-")
+        elif _reserved(name):
+            raise AccessRefusedError(
+                f"queue name '{name}' contains reserved prefix 'amq.*'"
+            )
+        existing = self.queues.get(name)
+        if existing is not None:
+            self._check_exclusive_access(existing, owner if exclusive else None)
+            where = self._describe("queue", name)
+            for arg, received, current in (
+                ("durable", durable, existing.durable),
+                ("auto_delete", auto_delete, existing.auto_delete),
+            ):
+                if received != current:
+                    raise PreconditionFailedError(
+                        f"inequivalent arg '{arg}' for {where}: received "
+                        f"'{_flag(received)}' but current is '{_flag(current)}'"
+                    )
+            self._check_arguments(
+                where,
+                arguments,
+                existing.arguments,
+                EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS,
+            )
+            return existing
+        queue = Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            on_unused=self._remove_queue,
+        )
+        self.queues[name] = queue
+        if exclusive:
+            self._exclusive.setdefault(owner, set()).add(queue)
+        return queue
+
+    def delete_queue(
+        self,
+        name: str,
+        *,
+        owner: object,
+        if_unused: bool = False,
+        if_empty: bool = False,
+    ) -> int:
+        """Delete a queue; the number of ready messages it held."""
+        queue = self.queues.get(name)
+        if queue is None:
+            # RabbitMQ 3.x answers delete-ok for a queue that is not there.
+            return 0
+        self._check_exclusive_access(queue, owner)
+        where = self._describe("queue", name)
+        if if_unused and queue.consumers:
+            raise PreconditionFailedError(f"{where} in use")
+        if if_empty and queue.messages:
+            raise PreconditionFailedError(f"{where} not empty")
+        count = queue.message_count
+        self._remove_queue(queue)
+        return count
+
+    def purge_queue(self, name: str, *, owner: object) -> int:
+        return self.get_queue(name, owner).purge()
+
+    def _remove_queue(self, queue: Queue) -> None:
+        if queue.deleted:
+            return
+        queue.deleted = True
+        self.queues.pop(queue.name, None)
+        if queue.exclusive_owner is not None:
+            owned = self._exclusive.get(queue.exclusive_owner)
+            if owned is not None:
+                owned.discard(queue)
+                if not owned:
+                    del self._exclusive[queue.exclusive_owner]
+        self._unbind_destination(queue)
+        consumers = list(queue.consumers)
+        queue.consumers.clear()
+        queue.messages.clear()
+        for consumer in consumers:
+            consumer.channel.queue_deleted(consumer)
+
+    def owner_closed(self, owner: object) -> None:
+        """A connection closed: its exclusive queues go with it."""
+        for queue in list(self._exclusive.pop(owner, ())):
+            self._remove_queue(queue)
+
+    # -- bindings --------------------------------------------------------------
+
+    def bind_queue(
+        self,
+        queue_name: str,
+        exchange_name: str,
+        binding_key: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        owner: object,
+    ) -> None:
+        if exchange_name == "":
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        queue = self.get_queue(queue_name, owner)
+        exchange = self.get_exchange(exchange_name)
+        self._bind(exchange, queue, binding_key, dict(arguments or {}))
+
+    def unbind_queue(
+        self,
+        queue_name: str,
+        exchange_name: str,
+        binding_key: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        owner: object,
+    ) -> None:
+        if exchange_name == "":
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        queue = self.get_queue(queue_name, owner)
+        exchange = self.get_exchange(exchange_name)
+        self._unbind(exchange, queue, binding_key, dict(arguments or {}))
+
+    def bind_exchange(
+        self,
+        destination_name: str,
+        source_name: str,
+        binding_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        if "" in (destination_name, source_name):
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        destination = self.get_exchange(destination_name)
+        source = self.get_exchange(source_name)
+        self._bind(source, destination, binding_key, dict(arguments or {}))
+
+    def unbind_exchange(
+        self,
+        destination_name: str,
+        source_name: str,
+        binding_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        if "" in (destination_name, source_name):
+            raise AccessRefusedError("operation not permitted on the default exchange")
+        destination = self.get_exchange(destination_name)
+        source = self.get_exchange(source_name)
+        self._unbind(source, destination, binding_key, dict(arguments or {}))
+
+    def _bind(
+        self,
+        source: Exchange,
+        destination: object,
+        binding_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        try:
+            source.validate_binding(binding_key, arguments)
+        except ValueError as error:
+            raise PreconditionFailedError(str(error)) from error
+        if source.add_binding(destination, binding_key, arguments):
+            self._sources.setdefault(destination, set()).add(source)
+
+    def _unbind(
+        self,
+        source: Exchange,
+        destination: object,
+        binding_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        if not source.remove_binding(destination, binding_key, arguments):
+            return
+        if not source.has_binding_to(destination):
+            self._forget_source(destination, source)
+        self._maybe_auto_delete(source)
+
+    def _forget_source(self, destination: object, source: Exchange) -> None:
+        sources = self._sources.get(destination)
+        if sources is not None:
+            sources.discard(source)
+            if not sources:
+                del self._sources[destination]
+
+    def _unbind_destination(self, destination: object) -> None:
+        for source in self._sources.pop(destination, ()):
+            source.remove_destination(destination)
+            self._maybe_auto_delete(source)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and not exchange.bindings and not exchange.deleted:
+            self._remove_exchange(exchange)
+
+    # -- publishing ------------------------------------------------------------
+
+    def publish_target(self, exchange_name: str) -> Exchange:
+        """The exchange a basic.publish names, checked for publishing."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFoundError(f"no {self._describe('exchange', exchange_name)}")
+        if exchange.internal:
+            raise AccessRefusedError(
+                "cannot publish to internal "
+                f"{self._describe('exchange', exchange_name)}"
+            )
+        return exchange
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Every queue the message reaches, through exchange-to-exchange
+        bindings and alternate exchanges, each queue once."""
+        first = exchange.route(message)
+        if not exchange.exchange_destinations:
+            # The common case: every destination is a queue.
+            if first:
+                return list(first)  # type: ignore[arg-type]
+            if exchange.alternate_exchange is None:
+                return []
+        queues: dict[Queue, None] = {}
+        visited: set[Exchange] = {exchange}
+        pending: list[tuple[Exchange, Any]] = [(exchange, first)]
+        while pending:
+            current, destinations = pending.pop()
+            if not destinations:
+                alternate = self.exchanges.get(current.alternate_exchange or "")
+                if (
+                    current.alternate_exchange
+                    and alternate is not None
+                    and alternate not in visited
+                ):
+                    visited.add(alternate)
+                    pending.append((alternate, alternate.route(message)))
+                continue
+            for destination in destinations:
+                if isinstance(destination, Queue):
+                    queues[destination] = None
+                elif isinstance(destination, Exchange) and destination not in visited:
+                    visited.add(destination)
+                    pending.append((destination, destination.route(message)))
+        return list(queues)
+
+
+def _describe_value(value: object) -> str:
+    if value is None:
+        return "none"
+    return f"the value '{format_value(value)}' of type '{amqp_type_name(value)}'"

@@ -1,0 +1,177 @@
+"""Configuration: one typed, frozen object, loaded from TOML and overridden
+by command-line flags. Every bound the broker keeps is a value here; the
+defaults are RabbitMQ's where RabbitMQ has one. conf/amqpy.toml lists them
+all, and a test checks the two agree."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag is not valid."""
+
+
+@attrs.frozen
+class ListenerConfig:
+    bind: str = "127.0.0.1"
+    port: int = 5672
+    # Time to finish the handshake (header to connection.open), as RabbitMQ's
+    # handshake_timeout.
+    handshake_timeout_s: float = 10.0
+    # On SIGTERM/SIGINT, how long clients get to answer connection.close.
+    shutdown_grace_s: float = 5.0
+    # After we send connection.close, how long to wait for close-ok.
+    close_timeout_s: float = 3.0
+
+
+@attrs.frozen
+class StoreConfig:
+    data_dir: str = "./amqpy-data"
+
+
+@attrs.frozen
+class LimitsConfig:
+    channel_max: int = 2047
+    frame_max: int = 131072
+    max_message_size: int = 134217728
+    # Per-connection outbound buffer: above the high mark, the connection's
+    # consumers stop receiving (messages stay in their queues) and its reader
+    # waits; below the low mark they resume.
+    outbox_high_water_bytes: int = 1048576
+    outbox_low_water_bytes: int = 262144
+    # Bytes read from a socket in one receive call.
+    receive_size_bytes: int = 262144
+
+
+@attrs.frozen
+class HeartbeatConfig:
+    # Proposed in connection.tune; 0 disables. The lower non-zero value wins.
+    interval_s: int = 60
+
+
+@attrs.frozen
+class AuthConfig:
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    default_vhost: str = "/"
+    # Users that may only connect from a loopback address (RabbitMQ's
+    # loopback_users).
+    loopback_users: tuple[str, ...] = ("guest",)
+
+
+@attrs.frozen
+class ServerConfig:
+    # Reported in connection.start. kombu/celery read `product` and `version`
+    # to pick qos semantics: "RabbitMQ" >= 3.3 means RabbitMQ's, anything
+    # else the spec's (see docs/compatibility.md).
+    product: str = "amqpy"
+    cluster_name: str = "amqpy@localhost"
+
+
+@attrs.frozen
+class LogConfig:
+    level: str = "info"
+
+
+@attrs.frozen
+class Config:
+    listener: ListenerConfig = ListenerConfig()
+    store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    auth: AuthConfig = AuthConfig()
+    server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Config:
+        """Build from nested tables; unknown tables or keys are an error."""
+        sections: dict[str, Any] = {}
+        fields = attrs.fields_dict(cls)
+        for section_name, values in data.items():
+            field = fields.get(section_name)
+            if field is None or not isinstance(values, Mapping):
+                raise ConfigError(f"unknown config section [{section_name}]")
+            section_type = field.type if isinstance(field.type, type) else None
+            section_type = section_type or type(field.default)
+            known = attrs.fields_dict(section_type)
+            converted: dict[str, Any] = {}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"unknown config key {section_name}.{key}")
+                converted[key] = _convert(
+                    f"{section_name}.{key}", value, getattr(field.default, key)
+                )
+            sections[section_name] = section_type(**converted)
+        config = cls(**sections)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"invalid TOML in {path}: {error}") from error
+        return cls.from_mapping(data)
+
+    def with_overrides(self, **section_values: Mapping[str, Any]) -> Config:
+        """A copy with some keys replaced: with_overrides(listener={"port": 0})."""
+        changes = {
+            name: attrs.evolve(getattr(self, name), **values)
+            for name, values in section_values.items()
+            if values
+        }
+        config = attrs.evolve(self, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        limits = self.limits
+        if not 0 <= self.listener.port <= 65535:
+            raise ConfigError(f"listener.port out of range: {self.listener.port}")
+        if not 4096 <= limits.frame_max <= 2**31 - 1:
+            raise ConfigError("limits.frame_max must be between 4096 and 2^31-1")
+        if not 1 <= limits.channel_max <= 65535:
+            raise ConfigError("limits.channel_max must be between 1 and 65535")
+        if limits.max_message_size < 1:
+            raise ConfigError("limits.max_message_size must be positive")
+        if limits.outbox_low_water_bytes > limits.outbox_high_water_bytes:
+            raise ConfigError("limits.outbox_low_water_bytes above the high mark")
+        if not 0 <= self.heartbeat.interval_s <= 65535:
+            raise ConfigError("heartbeat.interval_s must be between 0 and 65535")
+        if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log.level must be debug/info/warning/error")
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings")
+        return tuple(value)
+    return value

@@ -1,0 +1,76 @@
+"""A published message: routing facts, raw properties and body.
+
+The properties stay as the bytes the publisher sent (flags and values) and are
+passed through to consumers unchanged; they are decoded once, lazily, only
+when a feature needs them (headers routing, delivery mode, expiration).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pamqp import commands
+
+
+def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
+    """Decode property flags and values as they follow body_size in a header.
+
+    Raises:
+        ValueError: the bytes are not a valid property list.
+    """
+    flags = 0
+    offset = 0
+    index = 0
+    while True:
+        if len(properties_raw) < offset + 2:
+            raise ValueError("content header property flags are truncated")
+        word = int.from_bytes(properties_raw[offset : offset + 2], "big")
+        flags |= word << (index * 16)
+        offset += 2
+        index += 1
+        if not word & 1:
+            break
+    properties = commands.Basic.Properties()
+    try:
+        properties.unmarshal(flags, properties_raw[offset:])
+    except Exception as error:  # any decode failure means malformed input
+        raise ValueError(f"malformed content header properties: {error}") from error
+    return properties
+
+
+class Message:
+    """One message, shared by every queue it was routed to."""
+
+    __slots__ = ("_properties", "body", "exchange", "properties_raw", "routing_key")
+
+    def __init__(
+        self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties_raw = properties_raw
+        self.body = body
+        self._properties: commands.Basic.Properties | None = None
+
+    @property
+    def properties(self) -> commands.Basic.Properties:
+        """Decoded properties (cached). Raises ValueError when malformed."""
+        if self._properties is None:
+            self._properties = decode_properties(self.properties_raw)
+        return self._properties
+
+    @property
+    def headers(self) -> dict[str, Any] | None:
+        raw = self.properties_raw
+        if not raw or not raw[0] & 0x20:
+            return None  # fast path: the headers flag (0x2000) is not set
+        headers = self.properties.headers
+        return headers if isinstance(headers, dict) else None
+
+    @property
+    def persistent(self) -> bool:
+        return self.properties.delivery_mode == 2
+
+    @property
+    def size(self) -> int:
+        return len(self.body)

@@ -1,0 +1,604 @@
+"""The server side of one AMQP 0-9-1 connection, without I/O.
+
+Bytes go in through `receive_data`, events come out of `next_event`, and
+frames the caller asks for collect in an output buffer that `data_to_send`
+drains. The handshake, the channel table, the close handshakes and content
+assembly live here; what a method *means* is the caller's business.
+
+Errors the peer causes are raised from `next_event` as `ProtocolError`
+(close the connection) or `ChannelProtocolError` (close one channel). Events
+are produced lazily, one frame at a time, so a close the caller queues in
+answer to one event is seen before the next frame is parsed.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pamqp import base as pamqp_base
+from pamqp import commands
+
+from amqpy.protocol import events
+from amqpy.protocol.constants import (
+    BASIC_PUBLISH_METHOD_ID,
+    CLASS_BASIC,
+    CLASS_CHANNEL,
+    CLASS_CONNECTION,
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_SIZE,
+    PROTOCOL_HEADER,
+)
+from amqpy.protocol.errors import (
+    ChannelProtocolError,
+    ProtocolError,
+    ProtocolHeaderMismatchError,
+)
+from amqpy.protocol.frames import FrameReader, encode_method
+from amqpy.reply_code import ReplyCode
+
+_METHOD_ID = struct.Struct(">HH")
+_CONTENT_HEADER_PREFIX = struct.Struct(">HHQ")
+_ACK = struct.Struct(">QB")
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_PROTOCOL_HEADER = enum.auto()
+    AWAIT_START_OK = enum.auto()
+    AWAIT_TUNE_OK = enum.auto()
+    AWAIT_OPEN = enum.auto()
+    OPEN = enum.auto()
+    CLOSING = enum.auto()  # we sent connection.close, waiting for close-ok
+    CLOSED = enum.auto()
+
+
+class ChannelState(enum.Enum):
+    OPEN = enum.auto()
+    AWAIT_HEADER = enum.auto()
+    AWAIT_BODY = enum.auto()
+    CLOSING = enum.auto()  # we sent channel.close, waiting for close-ok
+
+
+class _Channel:
+    __slots__ = (
+        "body_parts",
+        "body_received",
+        "body_size",
+        "content",
+        "state",
+    )
+
+    def __init__(self) -> None:
+        self.state = ChannelState.OPEN
+        self.content: events.ContentReceived | None = None
+        self.body_size = 0
+        self.body_received = 0
+        self.body_parts: list[bytes] = []
+
+
+def method_name(class_id: int, method_id: int) -> str:
+    """RabbitMQ's name for a method, as it appears in error texts."""
+    method = commands.INDEX_MAPPING.get((class_id << 16) | method_id)
+    if method is None:
+        return f"{class_id}/{method_id}"
+    return str(method.name).lower()
+
+
+def _ids(method: pamqp_base.Frame) -> tuple[int, int]:
+    return method.index >> 16, method.index & 0xFFFF
+
+
+class ServerConnection:
+    """State of one connection as seen by the broker."""
+
+    def __init__(
+        self,
+        *,
+        server_properties: Mapping[str, Any],
+        mechanisms: str = "PLAIN AMQPLAIN",
+        locales: str = "en_US",
+        channel_max: int,
+        frame_max: int,
+        heartbeat: int,
+        max_message_size: int,
+    ) -> None:
+        self.state = ConnectionState.AWAIT_PROTOCOL_HEADER
+        self._server_properties = dict(server_properties)
+        self._mechanisms = mechanisms
+        self._locales = locales
+        # What we propose in connection.tune; replaced by the negotiated values.
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self._reader = FrameReader(FRAME_MIN_SIZE)
+        self._frames: Iterator[tuple[int, int, bytes]] | None = None
+        self._out = bytearray()
+        self._channels: dict[int, _Channel] = {}
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def next_event(self) -> events.Event | None:
+        """The next event, or None when more data is needed.
+
+        Raises:
+            ProtocolHeaderMismatchError: the stream did not start with the
+                AMQP 0-9-1 header (ours is queued to be sent back).
+            ProtocolError: the connection must be closed with its reply code.
+            ChannelProtocolError: one channel must be closed with its code.
+        """
+        if self.state is ConnectionState.AWAIT_PROTOCOL_HEADER:
+            header = self._reader.take_protocol_header()
+            if header is None:
+                return None
+            if header != PROTOCOL_HEADER:
+                self._out += PROTOCOL_HEADER
+                self.state = ConnectionState.CLOSED
+                raise ProtocolHeaderMismatchError(header)
+            self._send_start()
+            self.state = ConnectionState.AWAIT_START_OK
+        if self.state is ConnectionState.CLOSED:
+            return None
+        while True:
+            if self._frames is None:
+                self._frames = self._reader.frames()
+            try:
+                frame_type, channel_id, payload = next(self._frames)
+            except StopIteration:
+                self._frames = None
+                return None
+            event = self._handle_frame(frame_type, channel_id, payload)
+            if event is not None:
+                return event
+
+    def _handle_frame(
+        self, frame_type: int, channel_id: int, payload: bytes
+    ) -> events.Event | None:
+        if channel_id == 0:
+            if frame_type == FRAME_METHOD:
+                return self._handle_connection_method(payload)
+            if frame_type == FRAME_HEARTBEAT:
+                return events.HeartbeatReceived()
+            raise ProtocolError(
+                ReplyCode.UNEXPECTED_FRAME,
+                f"expected method frame on channel 0, got frame type {frame_type}",
+            )
+        if self.state is not ConnectionState.OPEN:
+            if self.state is ConnectionState.CLOSING:
+                return None
+            raise ProtocolError(
+                ReplyCode.COMMAND_INVALID,
+                "channel frame before connection.open",
+            )
+        channel = self._channels.get(channel_id)
+        if frame_type == FRAME_METHOD:
+            return self._handle_channel_method(channel_id, channel, payload)
+        if frame_type == FRAME_HEADER:
+            return self._handle_content_header(channel_id, channel, payload)
+        if frame_type == FRAME_BODY:
+            return self._handle_content_body(channel_id, channel, payload)
+        if frame_type == FRAME_HEARTBEAT:
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"heartbeat frame on channel {channel_id}",
+            )
+        raise ProtocolError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
+
+    def _decode_method(self, payload: bytes) -> pamqp_base.Frame:
+        if len(payload) < 4:
+            raise ProtocolError(ReplyCode.FRAME_ERROR, "method frame too short")
+        class_id, method_id = _METHOD_ID.unpack_from(payload)
+        method_class = commands.INDEX_MAPPING.get((class_id << 16) | method_id)
+        if method_class is None:
+            raise ProtocolError(
+                ReplyCode.NOT_IMPLEMENTED,
+                f"unknown method: class {class_id}, method {method_id}",
+                class_id,
+                method_id,
+            )
+        method = method_class()
+        try:
+            method.unmarshal(payload[4:])
+        except Exception as error:  # any decode failure is the peer's fault
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"cannot decode {method_name(class_id, method_id)}: {error}",
+                class_id,
+                method_id,
+            ) from error
+        return method
+
+    # -- connection class ----------------------------------------------------
+
+    def _handle_connection_method(self, payload: bytes) -> events.Event | None:
+        method = self._decode_method(payload)
+        state = self.state
+        if state is ConnectionState.CLOSING:
+            if isinstance(method, commands.Connection.CloseOk):
+                self.state = ConnectionState.CLOSED
+                return events.ConnectionCloseOkReceived()
+            if isinstance(method, commands.Connection.Close):
+                self._out += encode_method(0, commands.Connection.CloseOk())
+                self.state = ConnectionState.CLOSED
+                return events.ConnectionCloseOkReceived()
+            return None
+        if isinstance(method, commands.Connection.Close):
+            self._out += encode_method(0, commands.Connection.CloseOk())
+            self.state = ConnectionState.CLOSED
+            return events.ConnectionCloseReceived(method.reply_code, method.reply_text)
+        if state is ConnectionState.AWAIT_START_OK and isinstance(
+            method, commands.Connection.StartOk
+        ):
+            response = method.response
+            if isinstance(response, str):
+                response = response.encode("utf-8")
+            return events.StartOkReceived(
+                dict(method.client_properties or {}),
+                method.mechanism,
+                response,
+                method.locale,
+            )
+        if state is ConnectionState.AWAIT_TUNE_OK and isinstance(
+            method, commands.Connection.TuneOk
+        ):
+            return self._handle_tune_ok(method)
+        if state is ConnectionState.AWAIT_OPEN and isinstance(
+            method, commands.Connection.Open
+        ):
+            return events.OpenReceived(method.virtual_host)
+        if state is ConnectionState.OPEN and isinstance(
+            method, commands.Connection.Blocked | commands.Connection.Unblocked
+        ):
+            return None  # clients have no business sending these; RabbitMQ ignores
+        class_id, method_id = _ids(method)
+        raise ProtocolError(
+            ReplyCode.COMMAND_INVALID
+            if class_id == CLASS_CONNECTION
+            else ReplyCode.CHANNEL_ERROR,
+            f"unexpected method on channel 0: {method_name(class_id, method_id)}",
+            class_id,
+            method_id,
+        )
+
+    def _handle_tune_ok(self, method: commands.Connection.TuneOk) -> events.Event:
+        channel_max = method.channel_max or self.channel_max
+        if self.channel_max and channel_max > self.channel_max:
+            raise ProtocolError(
+                ReplyCode.NOT_ALLOWED,
+                f"negotiated channel_max = {channel_max} is higher than the "
+                f"maximum allowed value ({self.channel_max})",
+                10,
+                31,
+            )
+        frame_max = method.frame_max or self.frame_max
+        if frame_max < FRAME_MIN_SIZE:
+            raise ProtocolError(
+                ReplyCode.NOT_ALLOWED,
+                f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size",
+                10,
+                31,
+            )
+        if self.frame_max and frame_max > self.frame_max:
+            raise ProtocolError(
+                ReplyCode.NOT_ALLOWED,
+                f"frame_max={frame_max} > {self.frame_max} max size",
+                10,
+                31,
+            )
+        # A heartbeat above our proposal is accepted: the client's value wins.
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat = method.heartbeat
+        self._reader.frame_max = frame_max
+        self.state = ConnectionState.AWAIT_OPEN
+        return events.TuneOkReceived(channel_max, frame_max, method.heartbeat)
+
+    # -- channels ------------------------------------------------------------
+
+    def _handle_channel_method(
+        self, channel_id: int, channel: _Channel | None, payload: bytes
+    ) -> events.Event | None:
+        if (
+            channel is not None
+            and channel.state is ChannelState.OPEN
+            and payload[:4] == b"\x00\x3c\x00\x28"  # basic.publish, the hot path
+        ):
+            return self._start_publish(channel_id, channel, payload)
+        if (
+            channel is not None
+            and channel.state is ChannelState.OPEN
+            and payload[:4] == b"\x00\x3c\x00\x50"  # basic.ack, the other hot one
+            and len(payload) == 13
+        ):
+            delivery_tag, bits = _ACK.unpack_from(payload, 4)
+            return events.MethodReceived(
+                channel_id,
+                commands.Basic.Ack(delivery_tag=delivery_tag, multiple=bool(bits & 1)),
+            )
+        method = self._decode_method(payload)
+        class_id, method_id = _ids(method)
+        if channel is None:
+            if channel_id > self.channel_max:
+                raise ProtocolError(
+                    ReplyCode.CHANNEL_ERROR,
+                    f"channel number {channel_id} is above channel_max "
+                    f"{self.channel_max}",
+                    class_id,
+                    method_id,
+                )
+            if isinstance(method, commands.Channel.Open):
+                self._channels[channel_id] = _Channel()
+                self._out += encode_method(channel_id, commands.Channel.OpenOk())
+                return events.ChannelOpened(channel_id)
+            raise ProtocolError(
+                ReplyCode.CHANNEL_ERROR,
+                "expected 'channel.open'",
+                class_id,
+                method_id,
+            )
+        if channel.state is ChannelState.CLOSING:
+            if isinstance(method, commands.Channel.CloseOk):
+                del self._channels[channel_id]
+                return events.ChannelClosed(channel_id)
+            if isinstance(method, commands.Channel.Close):
+                # Both sides closed at once: answer, and keep waiting for ours.
+                self._out += encode_method(channel_id, commands.Channel.CloseOk())
+            return None
+        if channel.state is not ChannelState.OPEN:
+            raise ProtocolError(
+                ReplyCode.UNEXPECTED_FRAME,
+                f"expected content header for class {CLASS_BASIC}, "
+                "got non content header frame instead"
+                if channel.state is ChannelState.AWAIT_HEADER
+                else "expected content body, got non content body frame instead",
+                class_id,
+                method_id,
+            )
+        if class_id == CLASS_CHANNEL:
+            if isinstance(method, commands.Channel.Close):
+                self._out += encode_method(channel_id, commands.Channel.CloseOk())
+                del self._channels[channel_id]
+                return events.ChannelClosed(channel_id)
+            if isinstance(method, commands.Channel.Open):
+                raise ProtocolError(
+                    ReplyCode.CHANNEL_ERROR,
+                    "second 'channel.open' seen",
+                    class_id,
+                    method_id,
+                )
+            if isinstance(method, commands.Channel.CloseOk):
+                return None
+        if class_id == CLASS_CONNECTION:
+            raise ProtocolError(
+                ReplyCode.COMMAND_INVALID,
+                f"connection method on channel {channel_id}: "
+                f"{method_name(class_id, method_id)}",
+                class_id,
+                method_id,
+            )
+        return events.MethodReceived(channel_id, method)
+
+    def _start_publish(
+        self, channel_id: int, channel: _Channel, payload: bytes
+    ) -> None:
+        try:
+            # reserved short, shortstr exchange, shortstr routing key, bits
+            offset = 6
+            length = payload[offset]
+            exchange = payload[offset + 1 : offset + 1 + length].decode("utf-8")
+            offset += 1 + length
+            length = payload[offset]
+            routing_key = payload[offset + 1 : offset + 1 + length].decode("utf-8")
+            offset += 1 + length
+            bits = payload[offset]
+        except (IndexError, UnicodeDecodeError) as error:
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"cannot decode basic.publish: {error}",
+                CLASS_BASIC,
+                BASIC_PUBLISH_METHOD_ID,
+            ) from error
+        channel.content = events.ContentReceived(
+            channel_id, exchange, routing_key, bool(bits & 1), bool(bits & 2), b"", b""
+        )
+        channel.state = ChannelState.AWAIT_HEADER
+        return None
+
+    def _handle_content_header(
+        self, channel_id: int, channel: _Channel | None, payload: bytes
+    ) -> events.Event | None:
+        if channel is not None and channel.state is ChannelState.CLOSING:
+            return None
+        if channel is None or channel.state is not ChannelState.AWAIT_HEADER:
+            raise ProtocolError(
+                ReplyCode.UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead"
+                if channel is None or channel.state is ChannelState.OPEN
+                else "expected content body, got non content body frame instead",
+            )
+        if len(payload) < 14:
+            raise ProtocolError(ReplyCode.FRAME_ERROR, "content header too short")
+        class_id, _weight, body_size = _CONTENT_HEADER_PREFIX.unpack_from(payload)
+        content = channel.content
+        assert content is not None
+        if class_id != CLASS_BASIC:
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"content header for class {class_id}, expected {CLASS_BASIC}",
+            )
+        content.properties_raw = payload[12:]
+        if body_size > self.max_message_size:
+            channel.state = ChannelState.OPEN
+            channel.content = None
+            raise ChannelProtocolError(
+                channel_id,
+                ReplyCode.PRECONDITION_FAILED,
+                f"message size {body_size} is larger than configured max size "
+                f"{self.max_message_size}",
+                CLASS_BASIC,
+                BASIC_PUBLISH_METHOD_ID,
+            )
+        if body_size == 0:
+            channel.state = ChannelState.OPEN
+            channel.content = None
+            return content
+        channel.body_size = body_size
+        channel.body_received = 0
+        channel.body_parts = []
+        channel.state = ChannelState.AWAIT_BODY
+        return None
+
+    def _handle_content_body(
+        self, channel_id: int, channel: _Channel | None, payload: bytes
+    ) -> events.Event | None:
+        if channel is not None and channel.state is ChannelState.CLOSING:
+            return None
+        if channel is None or channel.state is not ChannelState.AWAIT_BODY:
+            raise ProtocolError(
+                ReplyCode.UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead"
+                if channel is None or channel.state is ChannelState.OPEN
+                else f"expected content header for class {CLASS_BASIC}, "
+                "got non content header frame instead",
+            )
+        channel.body_received += len(payload)
+        if channel.body_received > channel.body_size:
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"content body larger than declared: {channel.body_received} > "
+                f"{channel.body_size}",
+            )
+        content = channel.content
+        assert content is not None
+        if channel.body_received == channel.body_size:
+            if channel.body_parts:
+                channel.body_parts.append(payload)
+                content.body = b"".join(channel.body_parts)
+                channel.body_parts = []
+            else:
+                content.body = payload
+            channel.state = ChannelState.OPEN
+            channel.content = None
+            return content
+        channel.body_parts.append(payload)
+        return None
+
+    # -- output --------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def pending_output(self) -> int:
+        return len(self._out)
+
+    def send_raw(self, data: bytes) -> None:
+        """Queue frames the caller encoded itself (deliveries, acks)."""
+        self._out += data
+
+    def send_method(self, channel_id: int, method: pamqp_base.Frame) -> None:
+        self._out += encode_method(channel_id, method)
+
+    def _send_start(self) -> None:
+        self.send_method(
+            0,
+            commands.Connection.Start(
+                version_major=0,
+                version_minor=9,
+                server_properties=self._server_properties,
+                mechanisms=self._mechanisms,
+                locales=self._locales,
+            ),
+        )
+
+    def start_tune(self) -> None:
+        """Authentication passed: propose our limits."""
+        if self.state is not ConnectionState.AWAIT_START_OK:
+            raise RuntimeError(f"start_tune in state {self.state}")
+        self.send_method(
+            0,
+            commands.Connection.Tune(
+                channel_max=self.channel_max,
+                frame_max=self.frame_max,
+                heartbeat=self.heartbeat,
+            ),
+        )
+        self.state = ConnectionState.AWAIT_TUNE_OK
+
+    def accept_open(self) -> None:
+        if self.state is not ConnectionState.AWAIT_OPEN:
+            raise RuntimeError(f"accept_open in state {self.state}")
+        self.send_method(0, commands.Connection.OpenOk())
+        self.state = ConnectionState.OPEN
+
+    def close(
+        self,
+        reply_code: int,
+        reply_text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> None:
+        """Send connection.close; from now on only close-ok is awaited."""
+        if self.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        if self.state is ConnectionState.AWAIT_PROTOCOL_HEADER:
+            self.state = ConnectionState.CLOSED
+            return
+        self.send_method(
+            0,
+            commands.Connection.Close(
+                reply_code=reply_code,
+                reply_text=reply_text[:255],
+                class_id=class_id,
+                method_id=method_id,
+            ),
+        )
+        self._channels.clear()
+        self.state = ConnectionState.CLOSING
+
+    def close_channel(
+        self,
+        channel_id: int,
+        reply_code: int,
+        reply_text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> None:
+        """Send channel.close; the channel drops everything until close-ok."""
+        channel = self._channels.get(channel_id)
+        if channel is None or channel.state is ChannelState.CLOSING:
+            return
+        channel.state = ChannelState.CLOSING
+        channel.content = None
+        channel.body_parts = []
+        self.send_method(
+            channel_id,
+            commands.Channel.Close(
+                reply_code=reply_code,
+                reply_text=reply_text[:255],
+                class_id=class_id,
+                method_id=method_id,
+            ),
+        )
+
+    def is_channel_open(self, channel_id: int) -> bool:
+        channel = self._channels.get(channel_id)
+        return channel is not None and channel.state is not ChannelState.CLOSING
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ConnectionState.OPEN
+
+    @property
+    def open_channel_ids(self) -> list[int]:
+        return list(self._channels)

@@ -1,0 +1,377 @@
+"""One AMQP channel of a connection: turns methods into broker calls and
+broker results into frames. Also the broker's `DeliverySink` for the
+channel's consumers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp import base as pamqp_base
+from pamqp import commands
+
+from amqpy.broker.channel import Channel
+from amqpy.broker.errors import (
+    FeatureNotImplementedError,
+    NotFoundError,
+    PreconditionFailedError,
+)
+from amqpy.model.message import Message
+from amqpy.protocol import frames
+from amqpy.protocol.events import ContentReceived
+from amqpy.reply_code import ReplyCode
+
+if TYPE_CHECKING:
+    from amqpy.broker.vhost import VHost
+    from amqpy.server.connection import ConnectionHandler
+
+Handler = Callable[["ChannelHandler", Any], None]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+class ChannelHandler:
+    """Methods of one channel; `on_<class>_<method>` per AMQP method."""
+
+    def __init__(self, connection: ConnectionHandler, channel_id: int) -> None:
+        self.connection = connection
+        self.channel_id = channel_id
+        self.vhost: VHost = connection.vhost
+        self.channel = Channel(self, owner=connection)
+        self.confirm_mode = False
+        self.next_publish_seq_no = 1
+        self.last_queue_name: str | None = None
+
+    # -- DeliverySink ----------------------------------------------------------
+
+    def can_accept(self) -> bool:
+        return self.connection.can_accept_deliveries()
+
+    def deliver(
+        self,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        message: Message,
+    ) -> None:
+        connection = self.connection
+        connection.send_raw(
+            frames.encode_deliver(
+                self.channel_id,
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                message.exchange,
+                message.routing_key,
+            )
+            + frames.encode_content(
+                self.channel_id,
+                message.properties_raw,
+                message.body,
+                connection.frame_max,
+            )
+        )
+
+    def consumer_cancelled(self, consumer_tag: str) -> None:
+        if self.connection.client_capability("consumer_cancel_notify"):
+            self.send(commands.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
+
+    # -- plumbing --------------------------------------------------------------
+
+    def send(self, method: pamqp_base.Frame) -> None:
+        self.connection.send_method(self.channel_id, method)
+
+    def handle_method(self, method: pamqp_base.Frame) -> None:
+        handler = HANDLERS.get(type(method))
+        if handler is None:
+            raise FeatureNotImplementedError(
+                f"{method.name.lower()} is not supported by amqpy"
+            )
+        handler(self, method)
+
+    def close(self) -> None:
+        """The channel is gone (either side closed it, or the connection)."""
+        self.channel.close()
+
+    def _queue_name(self, name: str) -> str:
+        """RabbitMQ's shortcut: an empty queue name is the last one declared."""
+        if name:
+            return name
+        if self.last_queue_name is None:
+            raise NotFoundError("no previously declared queue")
+        return self.last_queue_name
+
+    # -- channel ---------------------------------------------------------------
+
+    def on_channel_flow(self, method: commands.Channel.Flow) -> None:
+        if not method.active:
+            raise FeatureNotImplementedError("active=false")
+        self.send(commands.Channel.FlowOk(active=True))
+
+    def on_channel_flow_ok(self, method: commands.Channel.FlowOk) -> None:
+        pass  # we never send channel.flow
+
+    # -- exchange --------------------------------------------------------------
+
+    def on_exchange_declare(self, method: commands.Exchange.Declare) -> None:
+        self.vhost.declare_exchange(
+            method.exchange,
+            method.exchange_type,
+            passive=method.passive,
+            durable=method.durable,
+            auto_delete=method.auto_delete,
+            internal=method.internal,
+            arguments=method.arguments,
+        )
+        if not method.nowait:
+            self.send(commands.Exchange.DeclareOk())
+
+    def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
+        try:
+            self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
+        except NotFoundError:
+            pass  # RabbitMQ 3.x: deleting a missing exchange succeeds
+        if not method.nowait:
+            self.send(commands.Exchange.DeleteOk())
+
+    def on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
+        self.vhost.bind_exchange(
+            method.destination, method.source, method.routing_key, method.arguments
+        )
+        if not method.nowait:
+            self.send(commands.Exchange.BindOk())
+
+    def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
+        self.vhost.unbind_exchange(
+            method.destination, method.source, method.routing_key, method.arguments
+        )
+        if not method.nowait:
+            self.send(commands.Exchange.UnbindOk())
+
+    # -- queue -----------------------------------------------------------------
+
+    def on_queue_declare(self, method: commands.Queue.Declare) -> None:
+        queue = self.vhost.declare_queue(
+            method.queue,
+            owner=self.connection,
+            passive=method.passive,
+            durable=method.durable,
+            exclusive=method.exclusive,
+            auto_delete=method.auto_delete,
+            arguments=method.arguments,
+        )
+        self.last_queue_name = queue.name
+        if not method.nowait:
+            self.connection.send_raw(
+                frames.encode_queue_declare_ok(
+                    self.channel_id,
+                    queue.name,
+                    queue.message_count,
+                    queue.consumer_count,
+                )
+            )
+
+    def on_queue_bind(self, method: commands.Queue.Bind) -> None:
+        queue_name = self._queue_name(method.queue)
+        routing_key = method.routing_key
+        if not method.queue and not routing_key:
+            routing_key = queue_name  # the same shortcut, for the key
+        self.vhost.bind_queue(
+            queue_name,
+            method.exchange,
+            routing_key,
+            method.arguments,
+            owner=self.connection,
+        )
+        if not method.nowait:
+            self.send(commands.Queue.BindOk())
+
+    def on_queue_unbind(self, method: commands.Queue.Unbind) -> None:
+        queue_name = self._queue_name(method.queue)
+        routing_key = method.routing_key
+        if not method.queue and not routing_key:
+            routing_key = queue_name
+        self.vhost.unbind_queue(
+            queue_name,
+            method.exchange,
+            routing_key,
+            method.arguments,
+            owner=self.connection,
+        )
+        self.send(commands.Queue.UnbindOk())
+
+    def on_queue_purge(self, method: commands.Queue.Purge) -> None:
+        count = self.vhost.purge_queue(
+            self._queue_name(method.queue), owner=self.connection
+        )
+        if not method.nowait:
+            self.send(commands.Queue.PurgeOk(message_count=count))
+
+    def on_queue_delete(self, method: commands.Queue.Delete) -> None:
+        count = self.vhost.delete_queue(
+            self._queue_name(method.queue),
+            owner=self.connection,
+            if_unused=method.if_unused,
+            if_empty=method.if_empty,
+        )
+        if not method.nowait:
+            self.send(commands.Queue.DeleteOk(message_count=count))
+
+    # -- basic -----------------------------------------------------------------
+
+    def on_basic_qos(self, method: commands.Basic.Qos) -> None:
+        if method.prefetch_size:
+            raise FeatureNotImplementedError(
+                f"prefetch_size!=0 ({method.prefetch_size})"
+            )
+        self.send(commands.Basic.QosOk())
+        self.channel.qos(method.prefetch_count, method.global_)
+
+    def on_basic_consume(self, method: commands.Basic.Consume) -> None:
+        queue = self.vhost.get_queue(
+            self._queue_name(method.queue), owner=self.connection
+        )
+        consumer = self.channel.consume(
+            queue,
+            method.consumer_tag,
+            no_ack=method.no_ack,
+            exclusive=method.exclusive,
+            arguments=method.arguments,
+        )
+        if not method.nowait:
+            self.send(commands.Basic.ConsumeOk(consumer_tag=consumer.tag))
+        self.channel.start(consumer)
+
+    def on_basic_cancel(self, method: commands.Basic.Cancel) -> None:
+        # Send cancel-ok first: cancelling may delete an auto-delete queue,
+        # and the client must not see that queue's effects before the ok.
+        if not method.nowait:
+            self.send(commands.Basic.CancelOk(consumer_tag=method.consumer_tag))
+        self.channel.cancel(method.consumer_tag)
+
+    def on_basic_get(self, method: commands.Basic.Get) -> None:
+        queue = self.vhost.get_queue(
+            self._queue_name(method.queue), owner=self.connection
+        )
+        got = self.channel.get(queue, method.no_ack)
+        if got is None:
+            self.send(commands.Basic.GetEmpty())
+            return
+        delivery_tag, entry = got
+        message = entry.message
+        self.connection.send_raw(
+            frames.encode_get_ok(
+                self.channel_id,
+                delivery_tag,
+                entry.redelivered,
+                message.exchange,
+                message.routing_key,
+                queue.message_count,
+            )
+            + frames.encode_content(
+                self.channel_id,
+                message.properties_raw,
+                message.body,
+                self.connection.frame_max,
+            )
+        )
+
+    def on_basic_ack(self, method: commands.Basic.Ack) -> None:
+        self.channel.ack(method.delivery_tag, method.multiple)
+
+    def on_basic_nack(self, method: commands.Basic.Nack) -> None:
+        self.channel.reject(method.delivery_tag, method.multiple, method.requeue)
+
+    def on_basic_reject(self, method: commands.Basic.Reject) -> None:
+        self.channel.reject(method.delivery_tag, False, method.requeue)
+
+    def on_basic_recover(self, method: commands.Basic.Recover) -> None:
+        if not method.requeue:
+            # RabbitMQ does not implement redelivery to the original consumer.
+            raise FeatureNotImplementedError("requeue=false")
+        self.send(commands.Basic.RecoverOk())
+        self.channel.recover()
+
+    def on_basic_recover_async(self, method: commands.Basic.RecoverAsync) -> None:
+        if not method.requeue:
+            raise FeatureNotImplementedError("requeue=false")
+        self.channel.recover()
+
+    def on_confirm_select(self, method: commands.Confirm.Select) -> None:
+        self.confirm_mode = True
+        if not method.nowait:
+            self.send(commands.Confirm.SelectOk())
+
+    def on_publish(self, content: ContentReceived) -> None:
+        """A complete basic.publish: route it, and confirm it if asked."""
+        if content.immediate:
+            raise FeatureNotImplementedError("immediate=true")
+        seq_no = 0
+        if self.confirm_mode:
+            seq_no = self.next_publish_seq_no
+            self.next_publish_seq_no = seq_no + 1
+        exchange = self.vhost.publish_target(content.exchange)
+        message = Message(
+            content.exchange, content.routing_key, content.properties_raw, content.body
+        )
+        try:
+            queues = self.vhost.route(exchange, message)
+        except ValueError as error:  # properties a headers exchange could not read
+            raise PreconditionFailedError(str(error)) from error
+        if queues:
+            for queue in queues:
+                queue.enqueue(message)
+        elif content.mandatory:
+            self.connection.send_raw(
+                frames.encode_return(
+                    self.channel_id,
+                    ReplyCode.NO_ROUTE,
+                    "NO_ROUTE",
+                    content.exchange,
+                    content.routing_key,
+                )
+                + frames.encode_content(
+                    self.channel_id,
+                    content.properties_raw,
+                    content.body,
+                    self.connection.frame_max,
+                )
+            )
+        if seq_no:
+            self.send(commands.Basic.Ack(delivery_tag=seq_no, multiple=False))
+
+
+def _refuse_tx(handler: ChannelHandler, method: pamqp_base.Frame) -> None:
+    raise FeatureNotImplementedError("transactions are not supported yet")
+
+
+HANDLERS: dict[type[pamqp_base.Frame], Handler] = {
+    commands.Channel.Flow: ChannelHandler.on_channel_flow,
+    commands.Channel.FlowOk: ChannelHandler.on_channel_flow_ok,
+    commands.Exchange.Declare: ChannelHandler.on_exchange_declare,
+    commands.Exchange.Delete: ChannelHandler.on_exchange_delete,
+    commands.Exchange.Bind: ChannelHandler.on_exchange_bind,
+    commands.Exchange.Unbind: ChannelHandler.on_exchange_unbind,
+    commands.Queue.Declare: ChannelHandler.on_queue_declare,
+    commands.Queue.Bind: ChannelHandler.on_queue_bind,
+    commands.Queue.Unbind: ChannelHandler.on_queue_unbind,
+    commands.Queue.Purge: ChannelHandler.on_queue_purge,
+    commands.Queue.Delete: ChannelHandler.on_queue_delete,
+    commands.Basic.Qos: ChannelHandler.on_basic_qos,
+    commands.Basic.Consume: ChannelHandler.on_basic_consume,
+    commands.Basic.Cancel: ChannelHandler.on_basic_cancel,
+    commands.Basic.Get: ChannelHandler.on_basic_get,
+    commands.Basic.Ack: ChannelHandler.on_basic_ack,
+    commands.Basic.Nack: ChannelHandler.on_basic_nack,
+    commands.Basic.Reject: ChannelHandler.on_basic_reject,
+    commands.Basic.Recover: ChannelHandler.on_basic_recover,
+    commands.Basic.RecoverAsync: ChannelHandler.on_basic_recover_async,
+    commands.Confirm.Select: ChannelHandler.on_confirm_select,
+    commands.Tx.Select: _refuse_tx,
+    commands.Tx.Commit: _refuse_tx,
+    commands.Tx.Rollback: _refuse_tx,
+}

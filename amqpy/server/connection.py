@@ -1,0 +1,431 @@
+"""One client connection: a reader task that feeds bytes to the sans-IO
+protocol and handles its events inline, a writer task that is the only
+caller of `send_all` and flushes everything queued in one write, and a
+watchdog task for the handshake timeout and heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pamqp import base as pamqp_base
+
+from amqpy import __version__
+from amqpy.broker.errors import AmqpError
+from amqpy.broker.vhost import VHost
+from amqpy.protocol import events
+from amqpy.protocol.connection import ConnectionState, ServerConnection
+from amqpy.protocol.errors import (
+    ChannelProtocolError,
+    ProtocolError,
+    ProtocolHeaderMismatchError,
+)
+from amqpy.protocol.frames import HEARTBEAT_FRAME
+from amqpy.protocol.sasl import SaslError, parse_response
+from amqpy.reply_code import ReplyCode
+from amqpy.server.channel import ChannelHandler
+
+if TYPE_CHECKING:
+    from amqpy.server.run import BrokerServer
+
+LOGGER = logging.getLogger(__name__)
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": False,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": False,
+}
+
+
+def server_properties(product: str, cluster_name: str) -> dict[str, Any]:
+    return {
+        "product": product,
+        "version": __version__,
+        "platform": f"Python {platform.python_version()}",
+        "copyright": "amqpy contributors",
+        "information": "An AMQP 0-9-1 broker compatible with RabbitMQ 3.x",
+        "cluster_name": cluster_name,
+        "capabilities": dict(SERVER_CAPABILITIES),
+    }
+
+
+class ConnectionHandler:
+    def __init__(
+        self, server: BrokerServer, stream: trio.SocketStream, peer: str, local: str
+    ) -> None:
+        self.server = server
+        config = server.config
+        self.config = config
+        self.stream = stream
+        self.name = f"{peer} -> {local}"
+        self.peer_host = peer.rsplit(":", 1)[0].strip("[]")
+        self.protocol = ServerConnection(
+            server_properties=server_properties(
+                config.server.product, config.server.cluster_name
+            ),
+            channel_max=config.limits.channel_max,
+            frame_max=config.limits.frame_max,
+            heartbeat=config.heartbeat.interval_s,
+            max_message_size=config.limits.max_message_size,
+        )
+        self.client_properties: dict[str, Any] = {}
+        self.username = ""
+        self._vhost: VHost | None = None
+        self.channels: dict[int, ChannelHandler] = {}
+        self._high_water = config.limits.outbox_high_water_bytes
+        self._low_water = config.limits.outbox_low_water_bytes
+        self._writer_wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._deliveries_refused = False
+        self._closing = False  # no more input is processed
+        self._close_deadline: float | None = None
+        now = trio.current_time()
+        self.last_received = now
+        self.last_sent = now
+        self.opened = False
+        self._nursery: trio.Nursery | None = None
+
+    # -- facts the channels use --------------------------------------------------
+
+    @property
+    def vhost(self) -> VHost:
+        assert self._vhost is not None
+        return self._vhost
+
+    @property
+    def frame_max(self) -> int:
+        return self.protocol.frame_max
+
+    def client_capability(self, name: str) -> bool:
+        capabilities = self.client_properties.get("capabilities")
+        return isinstance(capabilities, Mapping) and capabilities.get(name) is True
+
+    def can_accept_deliveries(self) -> bool:
+        if self._closing:
+            return False
+        if self.protocol.pending_output < self._high_water:
+            return True
+        self._deliveries_refused = True
+        return False
+
+    def send_raw(self, data: bytes) -> None:
+        self.protocol.send_raw(data)
+        self._writer_wakeup.set()
+
+    def send_method(self, channel_id: int, method: pamqp_base.Frame) -> None:
+        self.protocol.send_method(channel_id, method)
+        self._writer_wakeup.set()
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer_task, name="_writer_task")
+                nursery.start_soon(self._watchdog_task, name="_watchdog_task")
+                await self._reader_task()
+                await self._flush_and_stop(nursery)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away; cleanup below
+        finally:
+            self._release()
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.stream.aclose()
+
+    async def _flush_and_stop(self, nursery: trio.Nursery) -> None:
+        """Let the writer send what is queued (bounded), then stop the tasks."""
+        with trio.move_on_after(self.config.listener.close_timeout_s):
+            while self.protocol.pending_output:
+                self._writer_wakeup.set()
+                self._drained = trio.Event()
+                await self._drained.wait()
+        nursery.cancel_scope.cancel()
+
+    def _release(self) -> None:
+        for handler in list(self.channels.values()):
+            handler.close()
+        self.channels.clear()
+        if self._vhost is not None:
+            self._vhost.owner_closed(self)
+        self.server.connections.discard(self)
+        if self.opened:
+            LOGGER.info(
+                "closing AMQP connection %s (vhost '%s', user '%s')",
+                self.name,
+                self.vhost.name,
+                self.username,
+            )
+
+    def close(self, reply_code: int, reply_text: str) -> None:
+        """Close from the broker's side (shutdown, operator)."""
+        if self._closing:
+            return
+        self._close_connection(reply_code, reply_text)
+        self._writer_wakeup.set()
+
+    # -- reader -------------------------------------------------------------------
+
+    async def _reader_task(self) -> None:
+        receive_size = self.config.limits.receive_size_bytes
+        stream = self.stream
+        while True:
+            if self._close_deadline is not None:
+                timeout = self._close_deadline - trio.current_time()
+                if timeout <= 0:
+                    return
+                with trio.move_on_after(timeout):
+                    data = await stream.receive_some(receive_size)
+                    if not data:
+                        return
+                    self.last_received = trio.current_time()
+                    self.protocol.receive_data(data)
+                    self._process_events()
+                    if self.protocol.state is ConnectionState.CLOSED:
+                        return
+                continue
+            data = await stream.receive_some(receive_size)
+            if not data:
+                return
+            self.last_received = trio.current_time()
+            self.protocol.receive_data(data)
+            self._process_events()
+            if self.protocol.state is ConnectionState.CLOSED:
+                return
+            if self.protocol.pending_output >= self._high_water:
+                # The client is not reading what we send (replies, confirms):
+                # stop reading its requests until it catches up.
+                await self._wait_drained()
+
+    async def _wait_drained(self) -> None:
+        while self.protocol.pending_output >= self._low_water and not self._closing:
+            self._drained = trio.Event()
+            self._writer_wakeup.set()
+            await self._drained.wait()
+
+    def _process_events(self) -> None:
+        protocol = self.protocol
+        while True:
+            try:
+                event = protocol.next_event()
+                if event is None:
+                    break
+                self._handle_event(event)
+            except ProtocolHeaderMismatchError:
+                LOGGER.info("%s: closing, unsupported protocol header", self.name)
+                self._closing = True
+                break
+            except ChannelProtocolError as error:
+                self._close_channel(error.channel_id, error)
+            except ProtocolError as error:
+                LOGGER.warning("%s: %s", self.name, error.reply_text)
+                self._close_connection(
+                    error.reply_code, error.reply_text, error.class_id, error.method_id
+                )
+                break
+        if protocol.pending_output:
+            self._writer_wakeup.set()
+
+    def _handle_event(self, event: events.Event) -> None:
+        if type(event) is events.ContentReceived:
+            handler = self.channels.get(event.channel_id)
+            if handler is not None:
+                try:
+                    handler.on_publish(event)
+                except AmqpError as error:
+                    self._amqp_error(event.channel_id, error, 60, 40)
+            return
+        if type(event) is events.MethodReceived:
+            handler = self.channels.get(event.channel_id)
+            if handler is None:
+                return
+            method = event.method
+            try:
+                handler.handle_method(method)
+            except AmqpError as error:
+                self._amqp_error(
+                    event.channel_id, error, method.index >> 16, method.index & 0xFFFF
+                )
+            return
+        if isinstance(event, events.ChannelOpened):
+            self.channels[event.channel_id] = ChannelHandler(self, event.channel_id)
+        elif isinstance(event, events.ChannelClosed):
+            handler = self.channels.pop(event.channel_id, None)
+            if handler is not None:
+                handler.close()
+        elif isinstance(event, events.HeartbeatReceived):
+            pass
+        elif isinstance(event, events.StartOkReceived):
+            self._on_start_ok(event)
+        elif isinstance(event, events.TuneOkReceived):
+            pass
+        elif isinstance(event, events.OpenReceived):
+            self._on_open(event)
+        elif isinstance(
+            event, events.ConnectionCloseReceived | events.ConnectionCloseOkReceived
+        ):
+            self._closing = True
+
+    def _amqp_error(
+        self, channel_id: int, error: AmqpError, class_id: int, method_id: int
+    ) -> None:
+        if error.is_hard:
+            LOGGER.warning("%s: %s", self.name, error.reply_text)
+            self._close_connection(
+                error.reply_code, error.reply_text, class_id, method_id
+            )
+        else:
+            self._close_channel(
+                channel_id,
+                ProtocolError(error.reply_code, error.text, class_id, method_id),
+            )
+
+    def _close_channel(self, channel_id: int, error: ProtocolError) -> None:
+        handler = self.channels.pop(channel_id, None)
+        if handler is not None:
+            handler.close()
+        self.protocol.close_channel(
+            channel_id,
+            error.reply_code,
+            error.reply_text,
+            error.class_id,
+            error.method_id,
+        )
+
+    def _close_connection(
+        self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
+    ) -> None:
+        for handler in list(self.channels.values()):
+            handler.close()
+        self.channels.clear()
+        self.protocol.close(reply_code, reply_text, class_id, method_id)
+        self._closing = True
+        self._close_deadline = (
+            trio.current_time() + self.config.listener.close_timeout_s
+        )
+
+    # -- handshake -----------------------------------------------------------------
+
+    def _on_start_ok(self, event: events.StartOkReceived) -> None:
+        self.client_properties = event.client_properties
+        try:
+            username, password = parse_response(event.mechanism, event.response)
+        except SaslError as error:
+            self._refuse_login(str(error))
+            return
+        user = self.server.broker.authenticate(username, password)
+        if user is None:
+            self._refuse_login(
+                f"Login was refused using authentication mechanism "
+                f"{event.mechanism}. For details see the broker logfile."
+            )
+            LOGGER.warning("%s: user '%s' failed to authenticate", self.name, username)
+            return
+        if username in self.config.auth.loopback_users and not _is_loopback(
+            self.peer_host
+        ):
+            self._refuse_login(f"user '{username}' can only connect via localhost")
+            return
+        self.username = username
+        self.protocol.start_tune()
+
+    def _refuse_login(self, text: str) -> None:
+        self._close_connection(ReplyCode.ACCESS_REFUSED, f"ACCESS_REFUSED - {text}")
+
+    def _on_open(self, event: events.OpenReceived) -> None:
+        vhost = self.server.broker.vhosts.get(event.virtual_host)
+        if vhost is None:
+            self._close_connection(
+                ReplyCode.NOT_ALLOWED,
+                f"NOT_ALLOWED - vhost {event.virtual_host} not found",
+                10,
+                40,
+            )
+            return
+        self._vhost = vhost
+        self.protocol.accept_open()
+        self.opened = True
+        LOGGER.info(
+            "accepted AMQP connection %s (vhost '%s', user '%s')",
+            self.name,
+            vhost.name,
+            self.username,
+        )
+
+    # -- writer ----------------------------------------------------------------------
+
+    async def _writer_task(self) -> None:
+        protocol = self.protocol
+        stream = self.stream
+        while True:
+            if not protocol.pending_output:
+                self._drained.set()
+                if self._closing and protocol.state in (
+                    ConnectionState.CLOSED,
+                    ConnectionState.AWAIT_PROTOCOL_HEADER,
+                ):
+                    pass
+                self._writer_wakeup = trio.Event()
+                await self._writer_wakeup.wait()
+                continue
+            data = protocol.data_to_send()
+            await stream.send_all(data)
+            self.last_sent = trio.current_time()
+            if (
+                self._deliveries_refused
+                and protocol.pending_output < self._low_water
+                and not self._closing
+            ):
+                self._deliveries_refused = False
+                for handler in list(self.channels.values()):
+                    handler.channel.kick()
+
+    # -- watchdog ----------------------------------------------------------------------
+
+    async def _watchdog_task(self) -> None:
+        handshake_deadline = (
+            trio.current_time() + self.config.listener.handshake_timeout_s
+        )
+        while not self.protocol.is_open:
+            if trio.current_time() >= handshake_deadline:
+                if not self._closing:
+                    LOGGER.warning("%s: handshake timeout, closing", self.name)
+                self._abort()
+                return
+            await trio.sleep(min(0.5, self.config.listener.handshake_timeout_s))
+        heartbeat = self.protocol.heartbeat
+        if not heartbeat:
+            return
+        while True:
+            await trio.sleep(heartbeat / 2)
+            now = trio.current_time()
+            if now - self.last_received > 2 * heartbeat:
+                LOGGER.warning(
+                    "%s: missed heartbeats from client, timeout: %ss",
+                    self.name,
+                    heartbeat,
+                )
+                self._abort()
+                return
+            if now - self.last_sent >= heartbeat / 2 and not self._closing:
+                self.send_raw(HEARTBEAT_FRAME)
+
+    def _abort(self) -> None:
+        """Drop the connection at once (no close handshake)."""
+        self._closing = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost", "::ffff:127.0.0.1")
