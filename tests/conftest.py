@@ -1,0 +1,62 @@
+"""Fixtures: brokers on free ports, each with its own data folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from amqpy.server.embedded import EmbeddedBroker
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., EmbeddedBroker]]:
+    """Start brokers with config overrides: make_broker(limits={...})."""
+    started: list[EmbeddedBroker] = []
+
+    def make(**overrides: Any) -> EmbeddedBroker:
+        broker = EmbeddedBroker(**overrides).start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in reversed(started):
+        broker.stop()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., EmbeddedBroker]) -> EmbeddedBroker:
+    return make_broker()
+
+
+@pytest.fixture
+def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., pika.BlockingConnection]]:
+    """Open pika BlockingConnections to `broker`; closed after the test."""
+    connections: list[pika.BlockingConnection] = []
+
+    def open_connection(**params: Any) -> pika.BlockingConnection:
+        parameters = pika.ConnectionParameters(
+            "127.0.0.1",
+            broker.port,
+            blocked_connection_timeout=10,
+            socket_timeout=10,
+            **params,
+        )
+        connection = pika.BlockingConnection(parameters)
+        connections.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in connections:
+        if connection.is_open:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - a test may have broken it on purpose
+                pass
+
+
+@pytest.fixture
+def channel(connect: Callable[..., pika.BlockingConnection]) -> Any:
+    return connect().channel()
