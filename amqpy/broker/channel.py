@@ -155,7 +155,9 @@ class Channel:
         if global_:
             self.global_prefetch_count = prefetch_count
         else:
+            # As RabbitMQ 3.x does: a per-consumer qos lifts the channel limit.
             self.prefetch_count = prefetch_count
+            self.global_prefetch_count = 0
         self.kick()
 
     def kick(self) -> None:

@@ -89,8 +89,13 @@ class VHost:
         self._check_exclusive_access(queue, owner)
         return queue
 
-    def _check_exclusive_access(self, queue: Queue, owner: object | None) -> None:
-        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+    def _check_exclusive_access(
+        self, queue: Queue, owner: object | None, *, locked: bool = False
+    ) -> None:
+        """405 unless `owner` may use the queue (`locked` forces the error)."""
+        if locked or (
+            queue.exclusive_owner is not None and queue.exclusive_owner is not owner
+        ):
             raise ResourceLockedError(
                 "cannot obtain exclusive access to locked "
                 f"{self._describe('queue', queue.name)}. It could be originally "
@@ -112,25 +117,24 @@ class VHost:
         arguments: Mapping[str, Any] | None = None,
     ) -> Exchange:
         arguments = dict(arguments or {})
-        if passive:
-            if name == "":
-                return self.default_exchange
-            return self.get_exchange(name)
         if name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
-        if _reserved(name):
-            raise AccessRefusedError(
-                f"exchange name '{name}' contains reserved prefix 'amq.*'"
-            )
+        if passive:
+            return self.get_exchange(name)
         exchange_type = EXCHANGE_TYPES.get(type_name)
         if exchange_type is None:
-            raise CommandInvalidError(f"unknown exchange type '{type_name}'")
+            qualifier = "invalid" if type_name == "" else "unknown"
+            raise CommandInvalidError(f"{qualifier} exchange type '{type_name}'")
         existing = self.exchanges.get(name)
         if existing is not None:
             self._check_exchange_equivalence(
                 existing, type_name, durable, auto_delete, internal, arguments
             )
             return existing
+        if _reserved(name):
+            raise AccessRefusedError(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
         exchange = exchange_type(
             name,
             durable=durable,
@@ -181,9 +185,12 @@ class VHost:
             new, old = received.get(key), current.get(key)
             if new == old and type(new) is type(old):
                 continue
+            if new is not None and old is not None:
+                detail = f"'{format_value(new)}' but current is '{format_value(old)}'"
+            else:
+                detail = f"{_describe_value(new)} but current is {_describe_value(old)}"
             raise PreconditionFailedError(
-                f"inequivalent arg '{key}' for {where}: received "
-                f"{_describe_value(new)} but current is {_describe_value(old)}"
+                f"inequivalent arg '{key}' for {where}: received {detail}"
             )
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
@@ -191,11 +198,11 @@ class VHost:
             raise AccessRefusedError("operation not permitted on the default exchange")
         if _reserved(name):
             raise AccessRefusedError(
-                f"exchange name '{name}' contains reserved prefix 'amq.*'"
+                f"deletion of system {self._describe('exchange', name)} not allowed"
             )
         exchange = self.exchanges.get(name)
         if exchange is None:
-            raise NotFoundError(f"no {self._describe('exchange', name)}")
+            return  # RabbitMQ 3.x: deleting a missing exchange succeeds
         if if_unused and exchange.bindings:
             raise PreconditionFailedError(f"{self._describe('exchange', name)} in use")
         self._remove_exchange(exchange)
@@ -235,6 +242,8 @@ class VHost:
         existing = self.queues.get(name)
         if existing is not None:
             self._check_exclusive_access(existing, owner if exclusive else None)
+            if exclusive and existing.exclusive_owner is None:
+                self._check_exclusive_access(existing, None, locked=True)
             where = self._describe("queue", name)
             for arg, received, current in (
                 ("durable", durable, existing.durable),
@@ -328,8 +337,8 @@ class VHost:
     ) -> None:
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
-        queue = self.get_queue(queue_name, owner)
         exchange = self.get_exchange(exchange_name)
+        queue = self.get_queue(queue_name, owner)
         self._bind(exchange, queue, binding_key, dict(arguments or {}))
 
     def unbind_queue(
@@ -343,9 +352,12 @@ class VHost:
     ) -> None:
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
-        queue = self.get_queue(queue_name, owner)
-        exchange = self.get_exchange(exchange_name)
-        self._unbind(exchange, queue, binding_key, dict(arguments or {}))
+        # RabbitMQ answers unbind-ok for a missing queue, exchange or binding,
+        # and for another connection's exclusive queue.
+        queue = self.queues.get(queue_name)
+        exchange = self.exchanges.get(exchange_name)
+        if queue is not None and exchange is not None:
+            self._unbind(exchange, queue, binding_key, dict(arguments or {}))
 
     def bind_exchange(
         self,
@@ -356,8 +368,8 @@ class VHost:
     ) -> None:
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
-        destination = self.get_exchange(destination_name)
         source = self.get_exchange(source_name)
+        destination = self.get_exchange(destination_name)
         self._bind(source, destination, binding_key, dict(arguments or {}))
 
     def unbind_exchange(
@@ -369,9 +381,10 @@ class VHost:
     ) -> None:
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
-        destination = self.get_exchange(destination_name)
-        source = self.get_exchange(source_name)
-        self._unbind(source, destination, binding_key, dict(arguments or {}))
+        source = self.exchanges.get(source_name)
+        destination = self.exchanges.get(destination_name)
+        if source is not None and destination is not None:
+            self._unbind(source, destination, binding_key, dict(arguments or {}))
 
     def _bind(
         self,

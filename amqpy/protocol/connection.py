@@ -25,7 +25,6 @@ from amqpy.protocol import events
 from amqpy.protocol.constants import (
     BASIC_PUBLISH_METHOD_ID,
     CLASS_BASIC,
-    CLASS_CHANNEL,
     CLASS_CONNECTION,
     FRAME_BODY,
     FRAME_HEADER,
@@ -39,12 +38,63 @@ from amqpy.protocol.errors import (
     ProtocolError,
     ProtocolHeaderMismatchError,
 )
-from amqpy.protocol.frames import FrameReader, encode_method
+from amqpy.protocol.frames import (
+    FrameReader,
+    encode_method,
+    encode_raw_method,
+    erlang_binary,
+)
 from amqpy.reply_code import ReplyCode
 
 _METHOD_ID = struct.Struct(">HH")
 _CONTENT_HEADER_PREFIX = struct.Struct(">HHQ")
 _ACK = struct.Struct(">QB")
+
+
+_BASIC_PUBLISH_PREFIX = _METHOD_ID.pack(CLASS_BASIC, BASIC_PUBLISH_METHOD_ID)
+_BASIC_ACK_PREFIX = _METHOD_ID.pack(CLASS_BASIC, 80)
+_KNOWN_FRAME_TYPES = frozenset(
+    {FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT}
+)
+_EXPECTED_METHOD = "expected method frame, got non method frame instead"
+_EXPECTED_HEADER = (
+    f"expected content header for class {CLASS_BASIC}, "
+    "got non content header frame instead"
+)
+_EXPECTED_BODY = "expected content body, got non content body frame instead"
+# Methods only a server sends; from a client, RabbitMQ answers 503.
+_SERVER_ONLY_METHODS = (
+    commands.Channel.OpenOk,
+    commands.Channel.FlowOk,
+    commands.Exchange.DeclareOk,
+    commands.Exchange.DeleteOk,
+    commands.Exchange.BindOk,
+    commands.Exchange.UnbindOk,
+    commands.Queue.DeclareOk,
+    commands.Queue.BindOk,
+    commands.Queue.UnbindOk,
+    commands.Queue.PurgeOk,
+    commands.Queue.DeleteOk,
+    commands.Basic.QosOk,
+    commands.Basic.ConsumeOk,
+    commands.Basic.CancelOk,
+    commands.Basic.Return,
+    commands.Basic.Deliver,
+    commands.Basic.GetOk,
+    commands.Basic.GetEmpty,
+    commands.Basic.RecoverOk,
+    commands.Confirm.SelectOk,
+    commands.Tx.SelectOk,
+    commands.Tx.CommitOk,
+    commands.Tx.RollbackOk,
+)
+# access.request (class 30, obsolete; pamqp lacks the class): RabbitMQ answers
+# access.request-ok with ticket 1.
+_ACCESS_REQUEST_PREFIX = _METHOD_ID.pack(30, 10)
+_ACCESS_REQUEST_OK_PAYLOAD = _METHOD_ID.pack(30, 11) + b"\x00\x01"
+
+# RabbitMQ also takes the pre-standard 0-9-1 header.
+_ACCEPTED_PROTOCOL_HEADERS = (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
 
 
 class ConnectionState(enum.Enum):
@@ -139,7 +189,7 @@ class ServerConnection:
             header = self._reader.take_protocol_header()
             if header is None:
                 return None
-            if header != PROTOCOL_HEADER:
+            if header not in _ACCEPTED_PROTOCOL_HEADERS:
                 self._out += PROTOCOL_HEADER
                 self.state = ConnectionState.CLOSED
                 raise ProtocolHeaderMismatchError(header)
@@ -162,6 +212,14 @@ class ServerConnection:
     def _handle_frame(
         self, frame_type: int, channel_id: int, payload: bytes
     ) -> events.Event | None:
+        if frame_type not in _KNOWN_FRAME_TYPES or (
+            frame_type == FRAME_HEARTBEAT and channel_id == 0 and payload
+        ):
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"type {frame_type}, all octets = {erlang_binary(payload)}: "
+                "unknown_frame",
+            )
         if channel_id == 0:
             if frame_type == FRAME_METHOD:
                 return self._handle_connection_method(payload)
@@ -169,14 +227,16 @@ class ServerConnection:
                 return events.HeartbeatReceived()
             raise ProtocolError(
                 ReplyCode.UNEXPECTED_FRAME,
-                f"expected method frame on channel 0, got frame type {frame_type}",
+                "expected method frame, got non method frame instead",
             )
-        if self.state is not ConnectionState.OPEN:
-            if self.state is ConnectionState.CLOSING:
+        state = self.state
+        if state is not ConnectionState.OPEN:
+            if state is ConnectionState.CLOSING:
                 return None
             raise ProtocolError(
-                ReplyCode.COMMAND_INVALID,
-                "channel frame before connection.open",
+                ReplyCode.UNEXPECTED_FRAME,
+                f"type {frame_type}, all octets = {erlang_binary(payload)}",
+                silent=state is not ConnectionState.AWAIT_OPEN,
             )
         channel = self._channels.get(channel_id)
         if frame_type == FRAME_METHOD:
@@ -185,19 +245,22 @@ class ServerConnection:
             return self._handle_content_header(channel_id, channel, payload)
         if frame_type == FRAME_BODY:
             return self._handle_content_body(channel_id, channel, payload)
-        if frame_type == FRAME_HEARTBEAT:
-            raise ProtocolError(
-                ReplyCode.FRAME_ERROR,
-                f"heartbeat frame on channel {channel_id}",
-            )
-        raise ProtocolError(ReplyCode.FRAME_ERROR, f"unknown frame type {frame_type}")
+        raise ProtocolError(  # a heartbeat on a channel other than 0
+            ReplyCode.UNEXPECTED_FRAME,
+            f"type {frame_type}, all octets = {erlang_binary(payload)}",
+        )
 
     def _decode_method(self, payload: bytes) -> pamqp_base.Frame:
         if len(payload) < 4:
-            raise ProtocolError(ReplyCode.FRAME_ERROR, "method frame too short")
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR,
+                f"type {FRAME_METHOD}, all octets = {erlang_binary(payload)}: "
+                "unknown_frame",
+            )
         class_id, method_id = _METHOD_ID.unpack_from(payload)
         method_class = commands.INDEX_MAPPING.get((class_id << 16) | method_id)
         if method_class is None:
+            # RabbitMQ drops the socket here; a close frame says more.
             raise ProtocolError(
                 ReplyCode.NOT_IMPLEMENTED,
                 f"unknown method: class {class_id}, method {method_id}",
@@ -207,10 +270,14 @@ class ServerConnection:
         method = method_class()
         try:
             method.unmarshal(payload[4:])
+        except UnicodeDecodeError as error:
+            raise ProtocolError(
+                ReplyCode.FRAME_ERROR, "Malformed UTF-8 in shortstr"
+            ) from error
         except Exception as error:  # any decode failure is the peer's fault
             raise ProtocolError(
                 ReplyCode.FRAME_ERROR,
-                f"cannot decode {method_name(class_id, method_id)}: {error}",
+                f"cannot decode {erlang_binary(payload[4:68])}",
                 class_id,
                 method_id,
             ) from error
@@ -254,44 +321,54 @@ class ServerConnection:
             method, commands.Connection.Open
         ):
             return events.OpenReceived(method.virtual_host)
-        if state is ConnectionState.OPEN and isinstance(
-            method, commands.Connection.Blocked | commands.Connection.Unblocked
-        ):
-            return None  # clients have no business sending these; RabbitMQ ignores
         class_id, method_id = _ids(method)
+        if state is not ConnectionState.OPEN:
+            raise ProtocolError(
+                ReplyCode.COMMAND_INVALID,
+                f"unexpected {method_name(class_id, method_id)} during the handshake",
+                class_id,
+                method_id,
+                silent=True,
+            )
+        if isinstance(method, commands.Connection.UpdateSecret):
+            self._out += encode_method(0, commands.Connection.UpdateSecretOk())
+            return None
         raise ProtocolError(
-            ReplyCode.COMMAND_INVALID
-            if class_id == CLASS_CONNECTION
-            else ReplyCode.CHANNEL_ERROR,
-            f"unexpected method on channel 0: {method_name(class_id, method_id)}",
+            ReplyCode.CHANNEL_ERROR,
+            "unexpected method in connection state running",
             class_id,
             method_id,
         )
 
     def _handle_tune_ok(self, method: commands.Connection.TuneOk) -> events.Event:
-        channel_max = method.channel_max or self.channel_max
-        if self.channel_max and channel_max > self.channel_max:
+        channel_max, frame_max = method.channel_max, method.frame_max
+        if self.channel_max and not 0 < channel_max <= self.channel_max:
+            no_limit = " (no limit)" if channel_max == 0 else ""
             raise ProtocolError(
                 ReplyCode.NOT_ALLOWED,
-                f"negotiated channel_max = {channel_max} is higher than the "
-                f"maximum allowed value ({self.channel_max})",
+                f"negotiated channel_max = {channel_max}{no_limit} is higher than "
+                f"the maximum allowed value ({self.channel_max})",
                 10,
                 31,
+                silent=True,
             )
-        frame_max = method.frame_max or self.frame_max
-        if frame_max < FRAME_MIN_SIZE:
+        if frame_max < FRAME_MIN_SIZE and frame_max != 0:
             raise ProtocolError(
                 ReplyCode.NOT_ALLOWED,
-                f"frame_max={frame_max} < {FRAME_MIN_SIZE} min size",
+                f"negotiated frame_max = {frame_max} is lower than the minimum "
+                f"allowed value ({FRAME_MIN_SIZE})",
                 10,
                 31,
+                silent=True,
             )
-        if self.frame_max and frame_max > self.frame_max:
+        if self.frame_max and not 0 < frame_max <= self.frame_max:
             raise ProtocolError(
                 ReplyCode.NOT_ALLOWED,
-                f"frame_max={frame_max} > {self.frame_max} max size",
+                f"negotiated frame_max = {frame_max} is higher than the maximum "
+                f"allowed value ({self.frame_max})",
                 10,
                 31,
+                silent=True,
             )
         # A heartbeat above our proposal is accepted: the client's value wins.
         self.channel_max = channel_max
@@ -306,85 +383,91 @@ class ServerConnection:
     def _handle_channel_method(
         self, channel_id: int, channel: _Channel | None, payload: bytes
     ) -> events.Event | None:
+        if channel is not None and channel.state is ChannelState.OPEN:
+            prefix = payload[:4]
+            if prefix == _BASIC_PUBLISH_PREFIX:  # the hot path
+                return self._start_publish(channel_id, channel, payload)
+            if prefix == _BASIC_ACK_PREFIX and len(payload) == 13:
+                delivery_tag, bits = _ACK.unpack_from(payload, 4)
+                return events.MethodReceived(
+                    channel_id,
+                    commands.Basic.Ack(
+                        delivery_tag=delivery_tag, multiple=bool(bits & 1)
+                    ),
+                )
         if (
-            channel is not None
+            payload[:4] == _ACCESS_REQUEST_PREFIX
+            and channel is not None
             and channel.state is ChannelState.OPEN
-            and payload[:4] == b"\x00\x3c\x00\x28"  # basic.publish, the hot path
         ):
-            return self._start_publish(channel_id, channel, payload)
-        if (
-            channel is not None
-            and channel.state is ChannelState.OPEN
-            and payload[:4] == b"\x00\x3c\x00\x50"  # basic.ack, the other hot one
-            and len(payload) == 13
-        ):
-            delivery_tag, bits = _ACK.unpack_from(payload, 4)
-            return events.MethodReceived(
-                channel_id,
-                commands.Basic.Ack(delivery_tag=delivery_tag, multiple=bool(bits & 1)),
-            )
+            self._out += encode_raw_method(channel_id, _ACCESS_REQUEST_OK_PAYLOAD)
+            return None
         method = self._decode_method(payload)
         class_id, method_id = _ids(method)
+        if class_id == CLASS_CONNECTION:
+            raise ProtocolError(
+                ReplyCode.COMMAND_INVALID, "unimplemented method", class_id, method_id
+            )
         if channel is None:
-            if channel_id > self.channel_max:
+            if not isinstance(method, commands.Channel.Open):
                 raise ProtocolError(
                     ReplyCode.CHANNEL_ERROR,
-                    f"channel number {channel_id} is above channel_max "
-                    f"{self.channel_max}",
+                    "expected 'channel.open'",
                     class_id,
                     method_id,
                 )
-            if isinstance(method, commands.Channel.Open):
-                self._channels[channel_id] = _Channel()
-                self._out += encode_method(channel_id, commands.Channel.OpenOk())
-                return events.ChannelOpened(channel_id)
-            raise ProtocolError(
-                ReplyCode.CHANNEL_ERROR,
-                "expected 'channel.open'",
-                class_id,
-                method_id,
-            )
-        if channel.state is ChannelState.CLOSING:
+            # channel_max bounds how many channels are open, not their numbers.
+            if self.channel_max and len(self._channels) >= self.channel_max:
+                raise ProtocolError(
+                    ReplyCode.NOT_ALLOWED,
+                    f"number of channels opened ({len(self._channels)}) has reached "
+                    f"the negotiated channel_max ({self.channel_max})",
+                )
+            self._channels[channel_id] = _Channel()
+            self._out += encode_method(channel_id, commands.Channel.OpenOk())
+            return events.ChannelOpened(channel_id)
+        state = channel.state
+        if state is ChannelState.CLOSING:
             if isinstance(method, commands.Channel.CloseOk):
                 del self._channels[channel_id]
                 return events.ChannelClosed(channel_id)
             if isinstance(method, commands.Channel.Close):
                 # Both sides closed at once: answer, and keep waiting for ours.
                 self._out += encode_method(channel_id, commands.Channel.CloseOk())
-            return None
-        if channel.state is not ChannelState.OPEN:
-            raise ProtocolError(
-                ReplyCode.UNEXPECTED_FRAME,
-                f"expected content header for class {CLASS_BASIC}, "
-                "got non content header frame instead"
-                if channel.state is ChannelState.AWAIT_HEADER
-                else "expected content body, got non content body frame instead",
-                class_id,
-                method_id,
-            )
-        if class_id == CLASS_CHANNEL:
-            if isinstance(method, commands.Channel.Close):
-                self._out += encode_method(channel_id, commands.Channel.CloseOk())
-                del self._channels[channel_id]
-                return events.ChannelClosed(channel_id)
-            if isinstance(method, commands.Channel.Open):
+            elif isinstance(method, commands.Channel.Open):
                 raise ProtocolError(
                     ReplyCode.CHANNEL_ERROR,
                     "second 'channel.open' seen",
                     class_id,
                     method_id,
                 )
-            if isinstance(method, commands.Channel.CloseOk):
-                return None
-        if class_id == CLASS_CONNECTION:
+            return None
+        if state is ChannelState.AWAIT_HEADER:
+            raise self._unexpected_in_content(_EXPECTED_HEADER)
+        if state is ChannelState.AWAIT_BODY:
+            raise self._unexpected_in_content(_EXPECTED_BODY)
+        if isinstance(method, commands.Channel.Close):
+            self._out += encode_method(channel_id, commands.Channel.CloseOk())
+            del self._channels[channel_id]
+            return events.ChannelClosed(channel_id)
+        if isinstance(method, commands.Channel.Open):
             raise ProtocolError(
-                ReplyCode.COMMAND_INVALID,
-                f"connection method on channel {channel_id}: "
-                f"{method_name(class_id, method_id)}",
+                ReplyCode.CHANNEL_ERROR,
+                "second 'channel.open' seen",
                 class_id,
                 method_id,
             )
+        if isinstance(method, _SERVER_ONLY_METHODS):
+            raise ProtocolError(
+                ReplyCode.COMMAND_INVALID, "unimplemented method", class_id, method_id
+            )
         return events.MethodReceived(channel_id, method)
+
+    @staticmethod
+    def _unexpected_in_content(text: str) -> ProtocolError:
+        return ProtocolError(
+            ReplyCode.UNEXPECTED_FRAME, text, CLASS_BASIC, BASIC_PUBLISH_METHOD_ID
+        )
 
     def _start_publish(
         self, channel_id: int, channel: _Channel, payload: bytes
@@ -415,25 +498,26 @@ class ServerConnection:
     def _handle_content_header(
         self, channel_id: int, channel: _Channel | None, payload: bytes
     ) -> events.Event | None:
-        if channel is not None and channel.state is ChannelState.CLOSING:
+        if channel is None or channel.state is ChannelState.OPEN:
+            raise ProtocolError(ReplyCode.UNEXPECTED_FRAME, _EXPECTED_METHOD)
+        if channel.state is ChannelState.CLOSING:
             return None
-        if channel is None or channel.state is not ChannelState.AWAIT_HEADER:
-            raise ProtocolError(
-                ReplyCode.UNEXPECTED_FRAME,
-                "expected method frame, got non method frame instead"
-                if channel is None or channel.state is ChannelState.OPEN
-                else "expected content body, got non content body frame instead",
-            )
+        if channel.state is ChannelState.AWAIT_BODY:
+            raise self._unexpected_in_content(_EXPECTED_BODY)
         if len(payload) < 14:
-            raise ProtocolError(ReplyCode.FRAME_ERROR, "content header too short")
-        class_id, _weight, body_size = _CONTENT_HEADER_PREFIX.unpack_from(payload)
-        content = channel.content
-        assert content is not None
-        if class_id != CLASS_BASIC:
             raise ProtocolError(
                 ReplyCode.FRAME_ERROR,
-                f"content header for class {class_id}, expected {CLASS_BASIC}",
+                f"type {FRAME_HEADER}, all octets = {erlang_binary(payload)}: "
+                "unknown_frame",
             )
+        class_id, _weight, body_size = _CONTENT_HEADER_PREFIX.unpack_from(payload)
+        if class_id != CLASS_BASIC:
+            raise self._unexpected_in_content(
+                f"expected content header for class {CLASS_BASIC}, "
+                f"got one for class {class_id} instead"
+            )
+        content = channel.content
+        assert content is not None
         content.properties_raw = payload[12:]
         if body_size > self.max_message_size:
             channel.state = ChannelState.OPEN
@@ -459,22 +543,21 @@ class ServerConnection:
     def _handle_content_body(
         self, channel_id: int, channel: _Channel | None, payload: bytes
     ) -> events.Event | None:
-        if channel is not None and channel.state is ChannelState.CLOSING:
+        if channel is None or channel.state is ChannelState.OPEN:
+            raise ProtocolError(ReplyCode.UNEXPECTED_FRAME, _EXPECTED_METHOD)
+        if channel.state is ChannelState.CLOSING:
             return None
-        if channel is None or channel.state is not ChannelState.AWAIT_BODY:
-            raise ProtocolError(
-                ReplyCode.UNEXPECTED_FRAME,
-                "expected method frame, got non method frame instead"
-                if channel is None or channel.state is ChannelState.OPEN
-                else f"expected content header for class {CLASS_BASIC}, "
-                "got non content header frame instead",
-            )
+        if channel.state is ChannelState.AWAIT_HEADER:
+            raise self._unexpected_in_content(_EXPECTED_HEADER)
         channel.body_received += len(payload)
         if channel.body_received > channel.body_size:
+            # RabbitMQ waits for ever here; a clear error is kinder.
             raise ProtocolError(
                 ReplyCode.FRAME_ERROR,
                 f"content body larger than declared: {channel.body_received} > "
-                f"{channel.body_size}",
+                f"{channel.body_size} bytes",
+                CLASS_BASIC,
+                BASIC_PUBLISH_METHOD_ID,
             )
         content = channel.content
         assert content is not None

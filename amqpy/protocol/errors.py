@@ -16,12 +16,18 @@ class ProtocolError(Exception):
         text: str,
         class_id: int = 0,
         method_id: int = 0,
+        *,
+        silent: bool = False,
     ) -> None:
         super().__init__(f"{reply_code.name} - {text}")
         self.reply_code = reply_code
         self.text = text
         self.class_id = class_id
         self.method_id = method_id
+        # RabbitMQ sends no close frame for errors before the connection is
+        # tuned (a bad tune-ok, a handshake method out of order): the socket
+        # is just closed.
+        self.silent = silent
 
     @property
     def reply_text(self) -> str:

@@ -43,8 +43,13 @@ _U64 = struct.Struct(">Q")
 
 HEARTBEAT_FRAME = _FRAME_HEAD.pack(FRAME_HEARTBEAT, 0, 0) + FRAME_END_BYTE
 
-# Frames carrying more than this many bytes of a not yet complete frame are
-# refused before negotiation (the spec's FRAME_MIN_SIZE applies until tune-ok).
+
+def erlang_binary(data: bytes) -> str:
+    """Bytes as Erlang prints a binary, as RabbitMQ's error texts show them."""
+    if data and all(32 <= byte < 127 for byte in data):
+        escaped = data.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
+        return f'<<"{escaped}">>'
+    return "<<" + ",".join(str(byte) for byte in data) + ">>"
 
 
 class FrameReader:
@@ -87,7 +92,9 @@ class FrameReader:
                 if available < FRAME_HEADER_SIZE:
                     return
                 frame_type, channel_id, size = unpack_head(buffer, position)
-                if size + FRAME_OVERHEAD > self.frame_max:
+                # RabbitMQ lets the payload itself reach frame_max (it
+                # forgives the 8 bytes of framing), and so do we.
+                if size > self.frame_max:
                     raise ProtocolError(
                         ReplyCode.FRAME_ERROR,
                         f"type {frame_type}, all octets = <<>>: "
@@ -97,10 +104,10 @@ class FrameReader:
                 if end >= len(buffer):
                     return
                 if buffer[end] != FRAME_END:
+                    payload = bytes(buffer[position + FRAME_HEADER_SIZE : end])
                     raise ProtocolError(
                         ReplyCode.FRAME_ERROR,
-                        f"type {frame_type}, first 16 octets = "
-                        f"{bytes(buffer[position + FRAME_HEADER_SIZE : end][:16])!r}: "
+                        f"type {frame_type}, all octets = {erlang_binary(payload)}: "
                         f"{{invalid_frame_end_marker,{buffer[end]}}}",
                     )
                 payload = bytes(buffer[position + FRAME_HEADER_SIZE : end])
@@ -121,6 +128,11 @@ def _shortstr(value: str) -> bytes:
     if len(raw) > 255:
         raise ValueError(f"short string longer than 255 bytes: {value[:40]!r}...")
     return bytes((len(raw),)) + raw
+
+
+def encode_raw_method(channel_id: int, payload: bytes) -> bytes:
+    """A method frame around an already encoded method payload."""
+    return _method_frame(channel_id, payload)
 
 
 def _method_frame(channel_id: int, payload: bytes) -> bytes:

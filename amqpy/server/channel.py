@@ -131,10 +131,7 @@ class ChannelHandler:
             self.send(commands.Exchange.DeclareOk())
 
     def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
-        try:
-            self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
-        except NotFoundError:
-            pass  # RabbitMQ 3.x: deleting a missing exchange succeeds
+        self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
         if not method.nowait:
             self.send(commands.Exchange.DeleteOk())
 

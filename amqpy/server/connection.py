@@ -39,10 +39,8 @@ SERVER_CAPABILITIES = {
     "basic.nack": True,
     "consumer_cancel_notify": True,
     "connection.blocked": True,
-    "consumer_priorities": False,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
 }
 
 
@@ -229,6 +227,9 @@ class ConnectionHandler:
                 self._close_channel(error.channel_id, error)
             except ProtocolError as error:
                 LOGGER.warning("%s: %s", self.name, error.reply_text)
+                if error.silent:
+                    self._abort()
+                    break
                 self._close_connection(
                     error.reply_code, error.reply_text, error.class_id, error.method_id
                 )

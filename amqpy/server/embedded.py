@@ -77,7 +77,7 @@ class EmbeddedBroker:
 
         try:
             trio.run(main)
-        except BaseException as error:  # reported to start() or stop()
+        except BaseException as error:  # noqa: BLE001 - reported to start()/stop()
             self._error = error
             self._started.set()
 
