@@ -65,18 +65,23 @@ class Channel:
         self._next_delivery_tag = 1
         self.prefetch_count = 0  # for consumers started from now on
         self.global_prefetch_count = 0
+        # Unacked consumer deliveries: what the global limit counts (as
+        # RabbitMQ's limiter, basic.get messages take no prefetch slot).
+        self.consumer_unacked = 0
         self.closed = False
 
     # -- delivery (called by queues) ----------------------------------------
 
     def can_deliver(self, consumer: Consumer) -> bool:
+        if self.closed:
+            return False  # requeued by close() while its consumers still hang on
         if consumer.no_ack:
             return self.sink.can_accept()
         if consumer.prefetch_count and consumer.unacked >= consumer.prefetch_count:
             return False
         if (
             self.global_prefetch_count
-            and len(self.unacked) >= self.global_prefetch_count
+            and self.consumer_unacked >= self.global_prefetch_count
         ):
             return False
         return self.sink.can_accept()
@@ -87,6 +92,7 @@ class Channel:
         if not consumer.no_ack:
             self.unacked[delivery_tag] = Unacked(consumer.queue, entry, consumer)
             consumer.unacked += 1
+            self.consumer_unacked += 1
             consumer.queue.unacked_count += 1
         self.sink.deliver(consumer.tag, delivery_tag, entry.redelivered, entry.message)
 
@@ -195,6 +201,7 @@ class Channel:
             item.queue.unacked_count -= 1
             if item.consumer is not None:
                 item.consumer.unacked -= 1
+                self.consumer_unacked -= 1
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         taken = self._take(delivery_tag, multiple)

@@ -144,7 +144,10 @@ class DirectExchange(Exchange):
         self._index: dict[str, dict[object, int]] = {}
 
     def route(self, message: Message) -> Collection[object]:
-        return self._index.get(message.routing_key, ()).keys() if self._index else ()
+        if not self._index:
+            return ()
+        matched = self._index.get(message.routing_key)
+        return matched.keys() if matched is not None else ()
 
     def _index_add(
         self, destination: object, binding_key: str, arguments: Mapping[str, Any]

@@ -233,6 +233,8 @@ class VHost:
             if name == "":
                 raise NotFoundError(f"no {self._describe('queue', name)}")
             return self.get_queue(name, owner)
+        # RabbitMQ: Durable = DurableDeclare andalso not ExclusiveDeclare.
+        durable = durable and not exclusive
         if name == "":
             name = generate_name("amq.gen-")
         elif _reserved(name):

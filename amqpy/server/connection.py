@@ -133,7 +133,7 @@ class ConnectionHandler:
                 nursery.start_soon(self._watchdog_task, name="_watchdog_task")
                 await self._reader_task()
                 await self._flush_and_stop(nursery)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away; cleanup below
         finally:
             self._release()
@@ -151,6 +151,7 @@ class ConnectionHandler:
         nursery.cancel_scope.cancel()
 
     def _release(self) -> None:
+        self._closing = True  # no deliveries to a connection that is gone
         for handler in list(self.channels.values()):
             handler.close()
         self.channels.clear()
@@ -306,11 +307,13 @@ class ConnectionHandler:
     def _close_connection(
         self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
     ) -> None:
+        # Closing first: what the channels requeue must not be delivered to
+        # this connection's other channels.
+        self._closing = True
         for handler in list(self.channels.values()):
             handler.close()
         self.channels.clear()
         self.protocol.close(reply_code, reply_text, class_id, method_id)
-        self._closing = True
         self._close_deadline = (
             trio.current_time() + self.config.listener.close_timeout_s
         )
