@@ -63,4 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 1
+    except ExceptionGroup as group:
+        # Start-up errors raised inside the broker's nurseries arrive grouped.
+        errors = _leaf_errors(group)
+        if not all(isinstance(error, ConfigError | OSError) for error in errors):
+            raise
+        for error in errors:
+            print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
+        return 2 if isinstance(errors[0], ConfigError) else 1
     return 2
+
+
+def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves += _leaf_errors(error)
+        else:
+            leaves.append(error)
+    return leaves

@@ -5,7 +5,7 @@
 #   bench/compare.sh [amqpbench options...]     e.g.  --cases b_auto,b_ack --runs 3
 #
 # Starts amqpy and RabbitMQ on free loopback ports with throw-away data folders,
-# runs amqpbench in compare mode (A = RabbitMQ, B = amqpy, so B/A is amqpy's
+# runs amqpbench in compare mode (A = amqpy, B = RabbitMQ, so A/B is amqpy's
 # ratio), and stops both. Needs rabbitmq-server installed (apt-get install
 # rabbitmq-server) and amqpy installed in .venv.
 set -euo pipefail
@@ -68,7 +68,7 @@ wait_port "$RABBIT_PORT"
 # The Erlang VM's OS pid (the beam process), for CPU and RSS figures.
 BEAM_PID=$(beam_pids | head -1)
 
-echo "RabbitMQ (A) on $RABBIT_PORT pid $BEAM_PID; amqpy (B) on $AMQPY_PORT pid $AMQPY_PID" >&2
+echo "amqpy (A) on $AMQPY_PORT pid $AMQPY_PID; RabbitMQ (B) on $RABBIT_PORT pid $BEAM_PID" >&2
 AMQPBENCH_PYTHON="$PY" "$BENCH/run.sh" \
-  "amqp://guest:guest@127.0.0.1:$RABBIT_PORT/" "amqp://guest:guest@127.0.0.1:$AMQPY_PORT/" \
-  --broker-pid "$BEAM_PID" --broker-pid-b "$AMQPY_PID" "$@"
+  "amqp://guest:guest@127.0.0.1:$AMQPY_PORT/" "amqp://guest:guest@127.0.0.1:$RABBIT_PORT/" \
+  --broker-pid "$AMQPY_PID" --broker-pid-b "$BEAM_PID" "$@"

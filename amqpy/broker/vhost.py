@@ -69,6 +69,10 @@ class VHost:
             self.exchanges[exchange_name] = EXCHANGE_TYPES[type_name](
                 exchange_name, durable=True
             )
+        # RabbitMQ declares its firehose exchange in every vhost, internal.
+        self.exchanges["amq.rabbitmq.trace"] = EXCHANGE_TYPES["topic"](
+            "amq.rabbitmq.trace", durable=True, internal=True
+        )
 
     def _describe(self, kind: str, name: str) -> str:
         return f"{kind} '{name}' in vhost '{self.name}'"
@@ -117,14 +121,20 @@ class VHost:
         arguments: Mapping[str, Any] | None = None,
     ) -> Exchange:
         arguments = dict(arguments or {})
-        if name == "":
-            raise AccessRefusedError("operation not permitted on the default exchange")
+        default = name == ""
         if passive:
+            if default:
+                raise AccessRefusedError(
+                    "operation not permitted on the default exchange"
+                )
             return self.get_exchange(name)
+        # RabbitMQ checks the type first, even for the default exchange.
         exchange_type = EXCHANGE_TYPES.get(type_name)
         if exchange_type is None:
             qualifier = "invalid" if type_name == "" else "unknown"
             raise CommandInvalidError(f"{qualifier} exchange type '{type_name}'")
+        if default:
+            raise AccessRefusedError("operation not permitted on the default exchange")
         existing = self.exchanges.get(name)
         if existing is not None:
             self._check_exchange_equivalence(

@@ -139,6 +139,16 @@ def method_name(class_id: int, method_id: int) -> str:
     return str(method.name).lower()
 
 
+def _safe_reply_text(text: str) -> str:
+    """RabbitMQ's cap on a reply text (a shortstr): over 255 bytes of UTF-8,
+    the first 252 bytes and "..." (a character cut in two is dropped here,
+    where RabbitMQ would send its first bytes)."""
+    raw = text.encode()
+    if len(raw) <= 255:
+        return text
+    return raw[:252].decode("utf-8", "ignore") + "..."
+
+
 def _ids(method: pamqp_base.Frame) -> tuple[int, int]:
     return method.index >> 16, method.index & 0xFFFF
 
@@ -641,7 +651,7 @@ class ServerConnection:
             0,
             commands.Connection.Close(
                 reply_code=reply_code,
-                reply_text=reply_text[:255],
+                reply_text=_safe_reply_text(reply_text),
                 class_id=class_id,
                 method_id=method_id,
             ),
@@ -668,7 +678,7 @@ class ServerConnection:
             channel_id,
             commands.Channel.Close(
                 reply_code=reply_code,
-                reply_text=reply_text[:255],
+                reply_text=_safe_reply_text(reply_text),
                 class_id=class_id,
                 method_id=method_id,
             ),

@@ -220,6 +220,9 @@ class ConnectionHandler:
                 if event is None:
                     break
                 self._handle_event(event)
+                nursery = self._nursery
+                if nursery is not None and nursery.cancel_scope.cancel_called:
+                    break  # aborted: nothing more is read
             except ProtocolHeaderMismatchError:
                 LOGGER.info("%s: closing, unsupported protocol header", self.name)
                 self._closing = True
@@ -227,6 +230,10 @@ class ConnectionHandler:
             except ChannelProtocolError as error:
                 self._close_channel(error.channel_id, error)
             except ProtocolError as error:
+                if self._close_deadline is not None:
+                    # The same unparseable bytes again (a framing error is
+                    # raised on every read): the close is already under way.
+                    break
                 LOGGER.warning("%s: %s", self.name, error.reply_text)
                 if error.silent:
                     self._abort()
@@ -314,9 +321,10 @@ class ConnectionHandler:
             handler.close()
         self.channels.clear()
         self.protocol.close(reply_code, reply_text, class_id, method_id)
-        self._close_deadline = (
-            trio.current_time() + self.config.listener.close_timeout_s
-        )
+        if self._close_deadline is None:  # more input must not postpone it
+            self._close_deadline = (
+                trio.current_time() + self.config.listener.close_timeout_s
+            )
 
     # -- handshake -----------------------------------------------------------------
 
@@ -325,26 +333,39 @@ class ConnectionHandler:
         try:
             username, password = parse_response(event.mechanism, event.response)
         except SaslError as error:
-            self._refuse_login(str(error))
+            # An unknown mechanism or a malformed response: RabbitMQ closes
+            # the socket without a close frame.
+            LOGGER.warning("%s: %s, closing", self.name, error)
+            self._abort()
             return
         user = self.server.broker.authenticate(username, password)
         if user is None:
-            self._refuse_login(
-                f"Login was refused using authentication mechanism "
-                f"{event.mechanism}. For details see the broker logfile."
-            )
             LOGGER.warning("%s: user '%s' failed to authenticate", self.name, username)
+            self._refuse_login(event.mechanism)
             return
         if username in self.config.auth.loopback_users and not _is_loopback(
             self.peer_host
         ):
-            self._refuse_login(f"user '{username}' can only connect via localhost")
+            LOGGER.warning(
+                "%s: user '%s' can only connect via localhost", self.name, username
+            )
+            self._refuse_login(event.mechanism)
             return
         self.username = username
         self.protocol.start_tune()
 
-    def _refuse_login(self, text: str) -> None:
-        self._close_connection(ReplyCode.ACCESS_REFUSED, f"ACCESS_REFUSED - {text}")
+    def _refuse_login(self, mechanism: str) -> None:
+        """RabbitMQ's auth_fail: the reason goes to the log only. A client that
+        announces authentication_failure_close gets a 403 close; any other
+        sees the socket closed."""
+        if not self.client_capability("authentication_failure_close"):
+            self._abort()
+            return
+        self._close_connection(
+            ReplyCode.ACCESS_REFUSED,
+            f"ACCESS_REFUSED - Login was refused using authentication mechanism "
+            f"{mechanism}. For details see the broker logfile.",
+        )
 
     def _on_open(self, event: events.OpenReceived) -> None:
         vhost = self.server.broker.vhosts.get(event.virtual_host)

@@ -49,9 +49,13 @@ class BrokerServer:
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         _prepare_data_dir(Path(self.config.store.data_dir))
-        listeners = await trio.open_tcp_listeners(
-            self.config.listener.port, host=self.config.listener.bind
-        )
+        bind, port = self.config.listener.bind, self.config.listener.port
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=bind)
+        except OSError as error:
+            raise OSError(
+                error.errno, f"cannot listen on {bind}:{port}: {error.strerror}"
+            ) from error
         sockname = listeners[0].socket.getsockname()
         self.port = sockname[1]
         LOGGER.info("listening on %s:%d", self.config.listener.bind, self.port)
