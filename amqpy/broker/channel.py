@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from amqpy.broker.arguments import InvalidArgumentError, validate_consumer_arguments
 from amqpy.broker.errors import (
     AccessRefusedError,
     NotAllowedError,
@@ -121,6 +122,13 @@ class Channel:
     ) -> Consumer:
         if not consumer_tag:
             consumer_tag = generate_name("amq.ctag-")
+        try:
+            validate_consumer_arguments(arguments or {})
+        except InvalidArgumentError as error:
+            raise PreconditionFailedError(
+                f"invalid arg '{error.key}' for queue '{queue.name}' in vhost "
+                f"'{queue.vhost_name}': {error.detail}"
+            ) from error
         if consumer_tag in self.consumers:
             raise NotAllowedError(f"attempt to reuse consumer tag '{consumer_tag}'")
         if queue.has_exclusive_consumer or (exclusive and queue.consumers):

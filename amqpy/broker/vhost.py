@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from amqpy.broker.arguments import amqp_type_name, format_value
+from amqpy.broker.arguments import (
+    InvalidArgumentError,
+    amqp_type_name,
+    format_value,
+    validate_queue_arguments,
+)
 from amqpy.broker.channel import generate_name
 from amqpy.broker.errors import (
     AccessRefusedError,
@@ -251,6 +256,13 @@ class VHost:
             raise AccessRefusedError(
                 f"queue name '{name}' contains reserved prefix 'amq.*'"
             )
+        try:
+            validate_queue_arguments(arguments)
+        except InvalidArgumentError as error:
+            raise PreconditionFailedError(
+                f"invalid arg '{error.key}' for {self._describe('queue', name)}: "
+                f"{error.detail}"
+            ) from error
         existing = self.queues.get(name)
         if existing is not None:
             self._check_exclusive_access(existing, owner if exclusive else None)

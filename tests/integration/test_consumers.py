@@ -1024,9 +1024,6 @@ def test_max_message_size_on_the_wire(
 # -- consume arguments ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="amqpy does not validate consume arguments (x-priority)"
-)
 def test_invalid_x_priority_is_refused(channel: Any) -> None:
     channel.queue_declare("q9")
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as error:

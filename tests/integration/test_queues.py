@@ -191,10 +191,6 @@ INVALID_ARGUMENTS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amqpy does not validate queue arguments (oracle §7, invalid args)",
-)
 @pytest.mark.parametrize(
     ("arguments", "detail"), INVALID_ARGUMENTS.values(), ids=INVALID_ARGUMENTS
 )
