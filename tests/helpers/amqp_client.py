@@ -344,18 +344,19 @@ class AmqpClient:
                 return received
             received += data
 
-    def assert_open(self, timeout: float = 0.2) -> None:
-        """Nothing arrives (but heartbeats) and the socket stays open for a while.
-
-        Only for checking that something did *not* happen; `timeout` bounds it.
-        """
-        deadline = time.monotonic() + timeout
+    def assert_quiet(self, seconds: float, *, allow_heartbeats: bool = True) -> None:
+        """For `seconds`, nothing arrives (heartbeats aside, if allowed) and
+        the socket stays open. Only for checking that something does *not*
+        happen; `seconds` bounds it."""
+        deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 frame = self.read_frame(remaining)
             except TimeoutError:
                 return
-            assert frame.frame_type == FRAME_HEARTBEAT, f"unexpected {frame.value!r}"
+            assert allow_heartbeats and frame.frame_type == FRAME_HEARTBEAT, (
+                f"unexpected frame {frame.raw!r}"
+            )
 
     # -- handshake -----------------------------------------------------------
 
