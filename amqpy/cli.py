@@ -13,7 +13,7 @@ import trio
 from amqpy import __version__
 from amqpy.config import Config, ConfigError
 from amqpy.log import setup_logging
-from amqpy.server.run import run_broker
+from amqpy.server.run import StartupError, StoreFailedError, run_broker
 
 LOGGER = logging.getLogger("amqpy")
 
@@ -60,13 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 2
-    except OSError as error:
+    except (OSError, StartupError, StoreFailedError) as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 1
     except ExceptionGroup as group:
         # Start-up errors raised inside the broker's nurseries arrive grouped.
         errors = _leaf_errors(group)
-        if not all(isinstance(error, ConfigError | OSError) for error in errors):
+        if not all(
+            isinstance(error, ConfigError | OSError | StartupError | StoreFailedError)
+            for error in errors
+        ):
             raise
         for error in errors:
             print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
-from amqpy.broker.vhost import VHost
+from amqpy.broker.vhost import VHost, export_definitions, import_definitions
 
 
 @attrs.frozen
@@ -17,15 +19,56 @@ class User:
 
 
 class Broker:
-    def __init__(self) -> None:
+    def __init__(self, on_durable_change: Callable[[], None] | None = None) -> None:
         self.vhosts: dict[str, VHost] = {}
         self.users: dict[str, User] = {}
+        # Called when anything that belongs in the definitions file changes.
+        self._on_durable_change = on_durable_change or (lambda: None)
 
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VHost(name)
+            vhost = self.vhosts[name] = VHost(name, self._on_durable_change)
+            self._on_durable_change()
         return vhost
+
+    def export_definitions(self) -> dict[str, Any]:
+        """Durable state in RabbitMQ's definitions shape."""
+        definitions: dict[str, Any] = {
+            "vhosts": [{"name": name} for name in self.vhosts],
+            "exchanges": [],
+            "queues": [],
+            "bindings": [],
+        }
+        for vhost in self.vhosts.values():
+            for key, entries in export_definitions(vhost).items():
+                definitions[key].extend(entries)
+        return definitions
+
+    def import_definitions(self, definitions: Mapping[str, Any]) -> None:
+        """Recreate vhosts, exchanges, queues and bindings.
+
+        Raises:
+            ValueError: malformed definitions.
+        """
+
+        def of_vhost(key: str, name: str) -> list[dict[str, Any]]:
+            entries = definitions.get(key) or []
+            return [entry for entry in entries if entry.get("vhost", "/") == name]
+
+        try:
+            names = [str(entry["name"]) for entry in definitions.get("vhosts") or []]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed vhost entry: {error!r}") from error
+        for name in names:
+            self.add_vhost(name)
+        for name, vhost in self.vhosts.items():
+            import_definitions(
+                vhost,
+                of_vhost("exchanges", name),
+                of_vhost("queues", name),
+                of_vhost("bindings", name),
+            )
 
     def add_user(self, name: str, password: str, tags: tuple[str, ...] = ()) -> User:
         user = self.users[name] = User(name, password, tags)

@@ -3,7 +3,7 @@ declaring, binding, deleting and publishing, with RabbitMQ's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from amqpy.broker.arguments import (
@@ -62,8 +62,13 @@ def _flag(value: bool) -> str:
 
 
 class VHost:
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, on_durable_change: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
+        # Called whenever a durable exchange, queue or binding comes or goes,
+        # so the definitions can be saved.
+        self._on_durable_change = on_durable_change or (lambda: None)
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues.get)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -158,6 +163,8 @@ class VHost:
             arguments=arguments,
         )
         self.exchanges[name] = exchange
+        if durable:
+            self._on_durable_change()
         return exchange
 
     def _check_exchange_equivalence(
@@ -229,6 +236,8 @@ class VHost:
             exchange.remove_destination(destination)
             self._forget_source(destination, exchange)
         self._unbind_destination(exchange)
+        if exchange.durable:
+            self._on_durable_change()
 
     # -- queues ----------------------------------------------------------------
 
@@ -297,6 +306,8 @@ class VHost:
         self.queues[name] = queue
         if exclusive:
             self._exclusive.setdefault(owner, set()).add(queue)
+        if durable:
+            self._on_durable_change()
         return queue
 
     def delete_queue(
@@ -337,6 +348,8 @@ class VHost:
                 if not owned:
                     del self._exclusive[queue.exclusive_owner]
         self._unbind_destination(queue)
+        if queue.durable:
+            self._on_durable_change()
         consumers = list(queue.consumers)
         queue.consumers.clear()
         queue.messages.clear()
@@ -423,6 +436,8 @@ class VHost:
             raise PreconditionFailedError(str(error)) from error
         if source.add_binding(destination, binding_key, arguments):
             self._sources.setdefault(destination, set()).add(source)
+            if _is_durable_binding(source, destination):
+                self._on_durable_change()
 
     def _unbind(
         self,
@@ -433,6 +448,8 @@ class VHost:
     ) -> None:
         if not source.remove_binding(destination, binding_key, arguments):
             return
+        if _is_durable_binding(source, destination):
+            self._on_durable_change()
         if not source.has_binding_to(destination):
             self._forget_source(destination, source)
         self._maybe_auto_delete(source)
@@ -501,7 +518,121 @@ class VHost:
         return list(queues)
 
 
+def _is_durable_binding(source: Exchange, destination: object) -> bool:
+    return source.durable and bool(getattr(destination, "durable", False))
+
+
 def _describe_value(value: object) -> str:
     if value is None:
         return "none"
     return f"the value '{format_value(value)}' of type '{amqp_type_name(value)}'"
+
+
+def export_definitions(vhost: VHost) -> dict[str, list[dict[str, Any]]]:
+    """The vhost's durable exchanges, queues and bindings, in RabbitMQ's
+    definitions shape."""
+    exchanges = [
+        {
+            "name": exchange.name,
+            "vhost": vhost.name,
+            "type": exchange.type_name,
+            "durable": True,
+            "auto_delete": exchange.auto_delete,
+            "internal": exchange.internal,
+            "arguments": exchange.arguments,
+        }
+        for exchange in vhost.exchanges.values()
+        if exchange.durable and exchange.name and not _reserved(exchange.name)
+    ]
+    queues = [
+        {
+            "name": queue.name,
+            "vhost": vhost.name,
+            "durable": True,
+            "auto_delete": queue.auto_delete,
+            "arguments": queue.arguments,
+        }
+        for queue in vhost.queues.values()
+        if queue.durable
+    ]
+    bindings = [
+        {
+            "source": source.name,
+            "vhost": vhost.name,
+            "destination": destination.name,
+            "destination_type": "queue"
+            if isinstance(destination, Queue)
+            else "exchange",
+            "routing_key": binding_key,
+            "arguments": arguments,
+        }
+        for source, destination, binding_key, arguments in _iter_bindings(vhost)
+        if _is_durable_binding(source, destination)
+    ]
+    return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+
+def _iter_bindings(vhost: VHost) -> Iterator[tuple[Exchange, Any, str, dict[str, Any]]]:
+    for source in vhost.exchanges.values():
+        for destination, binding_key, arguments in source.iter_bindings():
+            yield source, destination, binding_key, arguments
+
+
+def import_definitions(
+    vhost: VHost,
+    exchanges: list[dict[str, Any]],
+    queues: list[dict[str, Any]],
+    bindings: list[dict[str, Any]],
+) -> None:
+    """Recreate definitions (from our store or a RabbitMQ export).
+
+    Raises:
+        ValueError: an entry is malformed or names an unknown exchange type.
+    """
+    try:
+        for entry in exchanges:
+            name = str(entry["name"])
+            if not name or name in vhost.exchanges:
+                continue
+            exchange_type = EXCHANGE_TYPES.get(str(entry.get("type", "")))
+            if exchange_type is None:
+                raise ValueError(
+                    f"exchange '{name}': unknown type {entry.get('type')!r}"
+                )
+            vhost.exchanges[name] = exchange_type(
+                name,
+                durable=bool(entry.get("durable", True)),
+                auto_delete=bool(entry.get("auto_delete", False)),
+                internal=bool(entry.get("internal", False)),
+                arguments=dict(entry.get("arguments") or {}),
+            )
+        for entry in queues:
+            name = str(entry["name"])
+            if name in vhost.queues:
+                continue
+            vhost.queues[name] = Queue(
+                name,
+                vhost.name,
+                durable=bool(entry.get("durable", True)),
+                auto_delete=bool(entry.get("auto_delete", False)),
+                arguments=dict(entry.get("arguments") or {}),
+                on_unused=vhost._remove_queue,
+            )
+        for entry in bindings:
+            source = vhost.exchanges.get(str(entry["source"]))
+            name = str(entry["destination"])
+            destination: object | None = (
+                vhost.queues.get(name)
+                if entry.get("destination_type", "queue") == "queue"
+                else vhost.exchanges.get(name)
+            )
+            if source is None or destination is None or source.name == "":
+                continue
+            vhost._bind(
+                source,
+                destination,
+                str(entry.get("routing_key", "")),
+                dict(entry.get("arguments") or {}),
+            )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"malformed definitions entry: {error!r}") from error

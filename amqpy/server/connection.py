@@ -84,6 +84,7 @@ class ConnectionHandler:
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
         self._deliveries_refused = False
+        self._output_barrier = 0  # definitions generation our output waits for
         self._closing = False  # no more input is processed
         self._close_deadline: float | None = None
         now = trio.current_time()
@@ -213,6 +214,15 @@ class ConnectionHandler:
             await self._drained.wait()
 
     def _process_events(self) -> None:
+        generation = self.server.definitions_generation
+        try:
+            self._process_events_inner()
+        finally:
+            if self.server.definitions_generation != generation:
+                # Hold our replies until the definitions file covers them.
+                self._output_barrier = self.server.definitions_generation
+
+    def _process_events_inner(self) -> None:
         protocol = self.protocol
         while True:
             try:
@@ -403,6 +413,9 @@ class ConnectionHandler:
                 self._writer_wakeup = trio.Event()
                 await self._writer_wakeup.wait()
                 continue
+            if self._output_barrier:
+                await self.server.wait_definitions_saved(self._output_barrier)
+                self._output_barrier = 0
             data = protocol.data_to_send()
             await stream.send_all(data)
             self.last_sent = trio.current_time()

@@ -14,6 +14,8 @@ from amqpy.broker.broker import Broker
 from amqpy.config import Config, ConfigError
 from amqpy.reply_code import ReplyCode
 from amqpy.server.connection import ConnectionHandler
+from amqpy.store.definitions import DefinitionsStore, StoreFormatError
+from amqpy.store.lock import DataDirLock, DataDirLockedError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -24,18 +26,36 @@ SHUTDOWN_TEXT = (
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+class StartupError(Exception):
+    """The broker cannot start with this data folder; nothing was changed."""
+
+
+class StoreFailedError(Exception):
+    """The broker stopped because it could not write its durable state."""
+
+
 class BrokerServer:
     """A broker with its listeners and connections."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.broker = Broker()
+        self._data_dir = Path(config.store.data_dir)
+        self._definitions = DefinitionsStore(self._data_dir)
+        self._definitions_changed = trio.Event()
+        # Each durable change bumps the generation; replies that follow one
+        # wait until a save has covered it (so a declare-ok is never sent for
+        # a durable queue that a crash could lose).
+        self.definitions_generation = 0
+        self._saved_generation = 0
+        self._definitions_saved = trio.Event()
+        self.broker = Broker(on_durable_change=self._mark_definitions_changed)
         self.broker.add_vhost(config.auth.default_vhost)
         self.broker.add_user(
             config.auth.default_user, config.auth.default_pass, ("administrator",)
         )
         self.connections: set[ConnectionHandler] = set()
         self.port = 0
+        self.failed = False  # a fail-stop error ended the broker
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
 
@@ -48,7 +68,64 @@ class BrokerServer:
     async def serve(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        _prepare_data_dir(Path(self.config.store.data_dir))
+        _prepare_data_dir(self._data_dir)
+        lock = DataDirLock(self._data_dir)
+        try:
+            lock.acquire()
+        except DataDirLockedError as error:
+            raise StartupError(str(error)) from error
+        try:
+            self._recover()
+            await self._serve(task_status)
+        finally:
+            lock.release()
+
+    def _recover(self) -> None:
+        """Load the durable definitions (before anything is written)."""
+        try:
+            definitions = self._definitions.load()
+            self.broker.import_definitions(definitions)
+        except (StoreFormatError, ValueError) as error:
+            raise StartupError(f"cannot recover: {error}") from error
+        LOGGER.info(
+            "recovered %d exchanges, %d queues, %d bindings from %s",
+            len(definitions.get("exchanges", [])),
+            len(definitions.get("queues", [])),
+            len(definitions.get("bindings", [])),
+            self._definitions.path,
+        )
+
+    def _mark_definitions_changed(self) -> None:
+        self.definitions_generation += 1
+        self._definitions_changed.set()
+
+    async def wait_definitions_saved(self, generation: int) -> None:
+        while self._saved_generation < generation:
+            await self._definitions_saved.wait()
+
+    async def _definitions_writer_task(self) -> None:
+        """Save the definitions whenever they change, off the event loop."""
+        while True:
+            await self._definitions_changed.wait()
+            await self._save_definitions()
+
+    async def _save_definitions(self) -> None:
+        self._definitions_changed = trio.Event()
+        generation = self.definitions_generation
+        snapshot = self.broker.export_definitions()
+        try:
+            await trio.to_thread.run_sync(self._definitions.save, snapshot)
+            self._saved_generation = generation
+            self._definitions_saved.set()
+            self._definitions_saved = trio.Event()
+        except OSError:
+            # Fail-stop: a broker that cannot keep its definitions must not
+            # go on promising durability.
+            LOGGER.exception("cannot write %s; stopping", self._definitions.path)
+            self.failed = True
+            self.request_shutdown()
+
+    async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         bind, port = self.config.listener.bind, self.config.listener.port
         try:
             listeners = await trio.open_tcp_listeners(port, host=bind)
@@ -59,18 +136,24 @@ class BrokerServer:
         sockname = listeners[0].socket.getsockname()
         self.port = sockname[1]
         LOGGER.info("listening on %s:%d", self.config.listener.bind, self.port)
-        async with trio.open_nursery() as connections_nursery:
-            async with trio.open_nursery() as listener_nursery:
+        async with trio.open_nursery() as service_nursery:
+            service_nursery.start_soon(self._definitions_writer_task)
+            async with trio.open_nursery() as connections_nursery:
+                async with trio.open_nursery() as listener_nursery:
+                    for listener in listeners:
+                        listener_nursery.start_soon(
+                            self._accept_loop, listener, connections_nursery
+                        )
+                    task_status.started(self.port)
+                    await self._shutdown.wait()
+                    listener_nursery.cancel_scope.cancel()
                 for listener in listeners:
-                    listener_nursery.start_soon(
-                        self._accept_loop, listener, connections_nursery
-                    )
-                task_status.started(self.port)
-                await self._shutdown.wait()
-                listener_nursery.cancel_scope.cancel()
-            for listener in listeners:
-                await listener.aclose()
-            await self._close_connections(connections_nursery)
+                    await listener.aclose()
+                await self._close_connections(connections_nursery)
+            service_nursery.cancel_scope.cancel()
+        if self._definitions_changed.is_set() and not self.failed:
+            with trio.CancelScope(shield=True):
+                await self._save_definitions()
         LOGGER.info("amqpy stopped")
         self._stopped.set()
 
@@ -145,6 +228,8 @@ async def run_broker(
         task_status.started(server)
         await server.wait_stopped()
         nursery.cancel_scope.cancel()
+    if server.failed:
+        raise StoreFailedError("stopped after a store write failed (see the log)")
 
 
 async def _wait_for_signals(server: BrokerServer) -> None:

@@ -1,0 +1,1 @@
+"""Durability: what survives a restart. No trio, no broker, no channels."""
