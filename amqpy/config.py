@@ -33,6 +33,12 @@ class ListenerConfig:
 @attrs.frozen
 class StoreConfig:
     data_dir: str = "./amqpy-data"
+    # A queue's message log rolls to a new segment file past this size; a
+    # segment whose messages are all acked is deleted.
+    segment_max_bytes: int = 8388608
+    # Group commit: after the first write of a batch, wait this long for more
+    # before the fsync (0: as soon as the previous fsync is done).
+    commit_interval_ms: float = 0.0
 
 
 @attrs.frozen
@@ -143,6 +149,10 @@ class Config:
             raise ConfigError("limits.frame_max must be between 4096 and 2^31-1")
         if not 1 <= limits.channel_max <= 65535:
             raise ConfigError("limits.channel_max must be between 1 and 65535")
+        if self.store.segment_max_bytes < 4096:
+            raise ConfigError("store.segment_max_bytes must be at least 4096")
+        if self.store.commit_interval_ms < 0:
+            raise ConfigError("store.commit_interval_ms must not be negative")
         if limits.max_message_size < 1:
             raise ConfigError("limits.max_message_size must be positive")
         if limits.outbox_low_water_bytes > limits.outbox_high_water_bytes:

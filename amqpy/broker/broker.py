@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from amqpy.broker.vhost import VHost, export_definitions, import_definitions
+from amqpy.store.queue_log import QueueLog
 
 
 @attrs.frozen
@@ -19,8 +20,13 @@ class User:
 
 
 class Broker:
-    def __init__(self, on_durable_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_durable_change: Callable[[], None] | None = None,
+        open_log: Callable[[str, str], QueueLog] | None = None,
+    ) -> None:
         self.vhosts: dict[str, VHost] = {}
+        self._open_log = open_log
         self.users: dict[str, User] = {}
         # Called when anything that belongs in the definitions file changes.
         self._on_durable_change = on_durable_change or (lambda: None)
@@ -28,7 +34,9 @@ class Broker:
     def add_vhost(self, name: str) -> VHost:
         vhost = self.vhosts.get(name)
         if vhost is None:
-            vhost = self.vhosts[name] = VHost(name, self._on_durable_change)
+            vhost = self.vhosts[name] = VHost(
+                name, self._on_durable_change, self._open_log
+            )
             self._on_durable_change()
         return vhost
 
@@ -44,6 +52,22 @@ class Broker:
             for key, entries in export_definitions(vhost).items():
                 definitions[key].extend(entries)
         return definitions
+
+    def recover_messages(self) -> int:
+        """Load every durable queue's unacked persistent messages.
+
+        Raises:
+            LogFormatError: a log file of an unknown format or newer version.
+            OSError: a log cannot be read or repaired.
+        """
+        count = 0
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                if queue.log is not None:
+                    messages = queue.log.recover()
+                    queue.restore(messages)
+                    count += len(messages)
+        return count
 
     def import_definitions(self, definitions: Mapping[str, Any]) -> None:
         """Recreate vhosts, exchanges, queues and bindings.

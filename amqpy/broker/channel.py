@@ -95,6 +95,8 @@ class Channel:
             consumer.unacked += 1
             self.consumer_unacked += 1
             consumer.queue.unacked_count += 1
+        elif entry.persisted:
+            consumer.queue.settle(entry)
         self.sink.deliver(consumer.tag, delivery_tag, entry.redelivered, entry.message)
 
     def get(self, queue: Queue, no_ack: bool) -> tuple[int, QueueEntry] | None:
@@ -107,6 +109,8 @@ class Channel:
         if not no_ack:
             self.unacked[delivery_tag] = Unacked(queue, entry, None)
             queue.unacked_count += 1
+        elif entry.persisted:
+            queue.settle(entry)
         return delivery_tag, entry
 
     # -- consumers -------------------------------------------------------------
@@ -211,9 +215,17 @@ class Channel:
                 item.consumer.unacked -= 1
                 self.consumer_unacked -= 1
 
+    @staticmethod
+    def _forget(taken: list[Unacked]) -> None:
+        """The messages are done with for good (acked, or rejected)."""
+        for item in taken:
+            if item.entry.persisted:
+                item.queue.settle(item.entry)
+
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         taken = self._take(delivery_tag, multiple)
         self._settle(taken)
+        self._forget(taken)
         self.kick()
 
     def reject(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
@@ -222,6 +234,8 @@ class Channel:
         self._settle(taken)
         if requeue:
             self._requeue(taken)
+        else:
+            self._forget(taken)
         self.kick()
 
     def recover(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amqpy.model.message import Message
+from amqpy.store.queue_log import QueueLog, StoredMessage
 
 if TYPE_CHECKING:
     from amqpy.broker.channel import Channel
@@ -22,12 +23,13 @@ if TYPE_CHECKING:
 class QueueEntry:
     """A message's place in one queue; `seq` orders requeues."""
 
-    __slots__ = ("message", "redelivered", "seq")
+    __slots__ = ("message", "persisted", "redelivered", "seq")
 
     def __init__(self, message: Message, seq: int, redelivered: bool = False) -> None:
         self.message = message
         self.seq = seq
         self.redelivered = redelivered
+        self.persisted = False  # in the queue's log until settled
 
 
 class Consumer:
@@ -87,6 +89,8 @@ class Queue:
         self.consumers: deque[Consumer] = deque()
         self.unacked_count = 0
         self.deleted = False
+        # Persistent messages are written here when the queue is durable.
+        self.log: QueueLog | None = None
         self._next_seq = 0
         self._had_consumer = False
         self._dispatching = False
@@ -116,9 +120,43 @@ class Queue:
 
     def enqueue(self, message: Message) -> None:
         self._next_seq += 1
-        self.messages.append(QueueEntry(message, self._next_seq))
+        entry = QueueEntry(message, self._next_seq)
+        log = self.log
+        if log is not None and message.persistent:
+            log.append(
+                entry.seq,
+                message.exchange,
+                message.routing_key,
+                message.properties_raw,
+                message.body,
+            )
+            entry.persisted = True
+        self.messages.append(entry)
         if self.consumers:
             self.dispatch()
+
+    def settle(self, entry: QueueEntry) -> None:
+        """A persisted message left the queue for good: record it in the log."""
+        if self.log is not None:
+            self.log.ack(entry.seq)
+
+    def restore(self, messages: Iterable[StoredMessage]) -> None:
+        """Messages recovered from the log at start. They may have been
+        delivered before the restart, so they come back redelivered."""
+        for stored in messages:
+            entry = QueueEntry(
+                Message(
+                    stored.exchange,
+                    stored.routing_key,
+                    stored.properties_raw,
+                    stored.body,
+                ),
+                stored.seq,
+                redelivered=True,
+            )
+            entry.persisted = True
+            self.messages.append(entry)
+            self._next_seq = max(self._next_seq, stored.seq)
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
         """Put entries back at their original places, marked redelivered."""
@@ -143,6 +181,10 @@ class Queue:
 
     def purge(self) -> int:
         count = len(self.messages)
+        if self.log is not None:
+            for entry in self.messages:
+                if entry.persisted:
+                    self.log.ack(entry.seq)
         self.messages.clear()
         return count
 

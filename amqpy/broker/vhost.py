@@ -27,6 +27,7 @@ from amqpy.broker.exchange import (
 )
 from amqpy.broker.queue import Queue
 from amqpy.model.message import Message
+from amqpy.store.queue_log import QueueLog
 
 # Queue arguments RabbitMQ compares on redeclare; others are not compared.
 EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
@@ -63,9 +64,14 @@ def _flag(value: bool) -> str:
 
 class VHost:
     def __init__(
-        self, name: str, on_durable_change: Callable[[], None] | None = None
+        self,
+        name: str,
+        on_durable_change: Callable[[], None] | None = None,
+        open_log: Callable[[str, str], QueueLog] | None = None,
     ) -> None:
         self.name = name
+        # Gives a durable queue the log its persistent messages are kept in.
+        self._open_log = open_log
         # Called whenever a durable exchange, queue or binding comes or goes,
         # so the definitions can be saved.
         self._on_durable_change = on_durable_change or (lambda: None)
@@ -307,6 +313,7 @@ class VHost:
         if exclusive:
             self._exclusive.setdefault(owner, set()).add(queue)
         if durable:
+            self.attach_log(queue)
             self._on_durable_change()
         return queue
 
@@ -348,6 +355,8 @@ class VHost:
                 if not owned:
                     del self._exclusive[queue.exclusive_owner]
         self._unbind_destination(queue)
+        if queue.log is not None:
+            queue.log.destroy()
         if queue.durable:
             self._on_durable_change()
         consumers = list(queue.consumers)
@@ -355,6 +364,10 @@ class VHost:
         queue.messages.clear()
         for consumer in consumers:
             consumer.channel.queue_deleted(consumer)
+
+    def attach_log(self, queue: Queue) -> None:
+        if self._open_log is not None and queue.durable:
+            queue.log = self._open_log(self.name, queue.name)
 
     def owner_closed(self, owner: object) -> None:
         """A connection closed: its exclusive queues go with it."""
@@ -610,7 +623,7 @@ def import_definitions(
             name = str(entry["name"])
             if name in vhost.queues:
                 continue
-            vhost.queues[name] = Queue(
+            queue = vhost.queues[name] = Queue(
                 name,
                 vhost.name,
                 durable=bool(entry.get("durable", True)),
@@ -618,6 +631,7 @@ def import_definitions(
                 arguments=dict(entry.get("arguments") or {}),
                 on_unused=vhost._remove_queue,
             )
+            vhost.attach_log(queue)
         for entry in bindings:
             source = vhost.exchanges.get(str(entry["source"]))
             name = str(entry["destination"])

@@ -69,7 +69,10 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        return self.properties.delivery_mode == 2
+        try:
+            return self.properties.delivery_mode == 2
+        except ValueError:
+            return False  # unreadable properties: kept in memory only
 
     @property
     def size(self) -> int:

@@ -4,6 +4,7 @@ channel's consumers."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ class ChannelHandler:
         self.channel = Channel(self, owner=connection)
         self.confirm_mode = False
         self.next_publish_seq_no = 1
+        # (seq_no, store generation it waits for), in publish order.
+        self._pending_confirms: deque[tuple[int, int]] = deque()
         self.last_queue_name: str | None = None
 
     # -- DeliverySink ----------------------------------------------------------
@@ -96,6 +99,8 @@ class ChannelHandler:
     def close(self) -> None:
         """The channel is gone (either side closed it, or the connection)."""
         self.channel.close()
+        self._pending_confirms.clear()
+        self.connection.server.awaiting_confirms.discard(self)
 
     def _queue_name(self, name: str) -> str:
         """RabbitMQ's shortcut: an empty queue name is the last one declared."""
@@ -311,6 +316,8 @@ class ChannelHandler:
         if self.confirm_mode:
             seq_no = self.next_publish_seq_no
             self.next_publish_seq_no = seq_no + 1
+        store = self.connection.server.store
+        generation_before = store.generation
         exchange = self.vhost.publish_target(content.exchange)
         message = Message(
             content.exchange, content.routing_key, content.properties_raw, content.body
@@ -339,7 +346,35 @@ class ChannelHandler:
                 )
             )
         if seq_no:
+            generation = store.generation
+            if generation == generation_before:
+                generation = 0  # nothing to wait for on disk
+            self._confirm(seq_no, generation)
+
+    def _confirm(self, seq_no: int, generation: int) -> None:
+        """Ack now, or once the store has made the message durable. Confirms
+        leave in publish order, so a later one never overtakes an earlier."""
+        server = self.connection.server
+        if not self._pending_confirms and (
+            generation <= server.store.committed_generation
+        ):
             self.send(commands.Basic.Ack(delivery_tag=seq_no, multiple=False))
+            return
+        self._pending_confirms.append((seq_no, generation))
+        server.awaiting_confirms.add(self)
+
+    def release_confirms(self, committed_generation: int) -> bool:
+        """After a group commit: ack what is now durable, many at once.
+        Returns True while confirms are still pending."""
+        pending = self._pending_confirms
+        last = 0
+        count = 0
+        while pending and pending[0][1] <= committed_generation:
+            last = pending.popleft()[0]
+            count += 1
+        if last:
+            self.send(commands.Basic.Ack(delivery_tag=last, multiple=count > 1))
+        return bool(pending)
 
 
 def _refuse_tx(handler: ChannelHandler, method: pamqp_base.Frame) -> None:

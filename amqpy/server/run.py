@@ -13,9 +13,12 @@ import trio
 from amqpy.broker.broker import Broker
 from amqpy.config import Config, ConfigError
 from amqpy.reply_code import ReplyCode
+from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
 from amqpy.store.definitions import DefinitionsStore, StoreFormatError
 from amqpy.store.lock import DataDirLock, DataDirLockedError
+from amqpy.store.message_store import MessageStore
+from amqpy.store.queue_log import LogFormatError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +51,18 @@ class BrokerServer:
         self.definitions_generation = 0
         self._saved_generation = 0
         self._definitions_saved = trio.Event()
-        self.broker = Broker(on_durable_change=self._mark_definitions_changed)
+        self.store = MessageStore(
+            self._data_dir,
+            config.store.segment_max_bytes,
+            on_pending=self._wake_committer,
+        )
+        self._committer_wakeup = trio.Event()
+        # Channels with confirms waiting for a group commit.
+        self.awaiting_confirms: set[ChannelHandler] = set()
+        self.broker = Broker(
+            on_durable_change=self._mark_definitions_changed,
+            open_log=self.store.open_log,
+        )
         self.broker.add_vhost(config.auth.default_vhost)
         self.broker.add_user(
             config.auth.default_user, config.auth.default_pass, ("administrator",)
@@ -85,8 +99,10 @@ class BrokerServer:
         try:
             definitions = self._definitions.load()
             self.broker.import_definitions(definitions)
-        except (StoreFormatError, ValueError) as error:
+            message_count = self.broker.recover_messages()
+        except (StoreFormatError, LogFormatError, ValueError, OSError) as error:
             raise StartupError(f"cannot recover: {error}") from error
+        LOGGER.info("recovered %d persistent messages", message_count)
         LOGGER.info(
             "recovered %d exchanges, %d queues, %d bindings from %s",
             len(definitions.get("exchanges", [])),
@@ -125,6 +141,36 @@ class BrokerServer:
             self.failed = True
             self.request_shutdown()
 
+    def _wake_committer(self) -> None:
+        self._committer_wakeup.set()
+
+    async def _committer_task(self) -> None:
+        """Group commit: whatever queues wrote since the last fsync goes to
+        disk in one batch, in a thread; then the confirms it covers leave."""
+        interval = self.config.store.commit_interval_ms / 1000
+        while True:
+            await self._committer_wakeup.wait()
+            self._committer_wakeup = trio.Event()
+            if interval:
+                await trio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        batch, generation = self.store.take_batch()
+        if batch:
+            try:
+                await trio.to_thread.run_sync(batch.run)
+            except OSError:
+                # Fail-stop: nothing that is not on disk may be confirmed.
+                LOGGER.exception("message store write failed; stopping")
+                self.failed = True
+                self.request_shutdown()
+                return
+        self.store.committed_generation = generation
+        for handler in list(self.awaiting_confirms):
+            if not handler.release_confirms(generation):
+                self.awaiting_confirms.discard(handler)
+
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         bind, port = self.config.listener.bind, self.config.listener.port
         try:
@@ -138,6 +184,7 @@ class BrokerServer:
         LOGGER.info("listening on %s:%d", self.config.listener.bind, self.port)
         async with trio.open_nursery() as service_nursery:
             service_nursery.start_soon(self._definitions_writer_task)
+            service_nursery.start_soon(self._committer_task)
             async with trio.open_nursery() as connections_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for listener in listeners:
@@ -151,9 +198,11 @@ class BrokerServer:
                     await listener.aclose()
                 await self._close_connections(connections_nursery)
             service_nursery.cancel_scope.cancel()
-        if self._definitions_changed.is_set() and not self.failed:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if self._definitions_changed.is_set() and not self.failed:
                 await self._save_definitions()
+            if self.store.has_pending and not self.failed:
+                await self._commit()
         LOGGER.info("amqpy stopped")
         self._stopped.set()
 
