@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pika
 import pytest
-
 from helpers.server_process import Server
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, headers={"h": 1}, priority=3)
