@@ -49,9 +49,16 @@ def generate_name(prefix: str) -> str:
 
 
 class Unacked:
-    __slots__ = ("consumer", "entry", "queue")
+    __slots__ = ("consumer", "delivery_tag", "entry", "queue")
 
-    def __init__(self, queue: Queue, entry: QueueEntry, consumer: Consumer | None):
+    def __init__(
+        self,
+        delivery_tag: int,
+        queue: Queue,
+        entry: QueueEntry,
+        consumer: Consumer | None,
+    ) -> None:
+        self.delivery_tag = delivery_tag
         self.queue = queue
         self.entry = entry
         self.consumer = consumer
@@ -91,7 +98,9 @@ class Channel:
         delivery_tag = self._next_delivery_tag
         self._next_delivery_tag = delivery_tag + 1
         if not consumer.no_ack:
-            self.unacked[delivery_tag] = Unacked(consumer.queue, entry, consumer)
+            self.unacked[delivery_tag] = Unacked(
+                delivery_tag, consumer.queue, entry, consumer
+            )
             consumer.unacked += 1
             self.consumer_unacked += 1
             consumer.queue.unacked_count += 1
@@ -107,7 +116,7 @@ class Channel:
         delivery_tag = self._next_delivery_tag
         self._next_delivery_tag = delivery_tag + 1
         if not no_ack:
-            self.unacked[delivery_tag] = Unacked(queue, entry, None)
+            self.unacked[delivery_tag] = Unacked(delivery_tag, queue, entry, None)
             queue.unacked_count += 1
         elif entry.persisted:
             queue.settle(entry)
@@ -221,6 +230,32 @@ class Channel:
         for item in taken:
             if item.entry.persisted:
                 item.queue.settle(item.entry)
+
+    def take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
+        """Validate and remove acked deliveries without settling them yet (a
+        transaction settles them at commit, or restores them at rollback).
+
+        Raises:
+            PreconditionFailedError: unknown delivery tag.
+        """
+        return self._take(delivery_tag, multiple)
+
+    def settle(self, taken: list[Unacked], requeue: bool | None) -> None:
+        """Settle taken deliveries: ack (requeue None), reject or requeue."""
+        self._settle(taken)
+        if requeue:
+            self._requeue(taken)
+        else:
+            self._forget(taken)
+        self.kick()
+
+    def restore(self, taken: list[Unacked]) -> None:
+        """Taken deliveries become unacked again, in delivery-tag order."""
+        if not taken:
+            return
+        merged = [*self.unacked.values(), *taken]
+        merged.sort(key=lambda item: item.delivery_tag)
+        self.unacked = {item.delivery_tag: item for item in merged}
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         taken = self._take(delivery_tag, multiple)

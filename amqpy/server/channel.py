@@ -8,15 +8,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from pamqp import base as pamqp_base
 from pamqp import commands
 
-from amqpy.broker.channel import Channel
+from amqpy.broker.channel import Channel, Unacked
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
     NotFoundError,
     PreconditionFailedError,
 )
+from amqpy.broker.exchange import Exchange
 from amqpy.model.message import Message
 from amqpy.protocol import frames
 from amqpy.protocol.events import ContentReceived
@@ -35,6 +37,20 @@ def _text(value: object) -> str:
     return str(value)
 
 
+@attrs.frozen
+class TxPublish:
+    exchange: Exchange
+    content: ContentReceived
+
+
+@attrs.frozen
+class TxAck:
+    """Acks (requeue None), or nacks/rejects, taken at once, settled at commit."""
+
+    taken: list[Unacked]
+    requeue: bool | None
+
+
 class ChannelHandler:
     """Methods of one channel; `on_<class>_<method>` per AMQP method."""
 
@@ -45,8 +61,11 @@ class ChannelHandler:
         self.channel = Channel(self, owner=connection)
         self.confirm_mode = False
         self.next_publish_seq_no = 1
-        # (seq_no, store generation it waits for), in publish order.
-        self._pending_confirms: deque[tuple[int, int]] = deque()
+        # Confirms (publish seq_nos) and tx.commit-oks waiting for the store
+        # generation they need on disk, in order.
+        self._pending_replies: deque[tuple[int | pamqp_base.Frame, int]] = deque()
+        # The open transaction's publishes and acks, once tx.select was seen.
+        self.tx: list[TxPublish | TxAck] | None = None
         self.last_queue_name: str | None = None
 
     # -- DeliverySink ----------------------------------------------------------
@@ -98,8 +117,19 @@ class ChannelHandler:
 
     def close(self) -> None:
         """The channel is gone (either side closed it, or the connection)."""
+        if self.tx:
+            # An uncommitted transaction's acks never happened.
+            self.channel.restore(
+                [
+                    item
+                    for work in self.tx
+                    if isinstance(work, TxAck)
+                    for item in work.taken
+                ]
+            )
+            self.tx = None
         self.channel.close()
-        self._pending_confirms.clear()
+        self._pending_replies.clear()
         self.connection.server.awaiting_confirms.discard(self)
 
     def _queue_name(self, name: str) -> str:
@@ -283,12 +313,25 @@ class ChannelHandler:
         )
 
     def on_basic_ack(self, method: commands.Basic.Ack) -> None:
+        if self.tx is not None:
+            self.tx.append(
+                TxAck(self.channel.take(method.delivery_tag, method.multiple), None)
+            )
+            return
         self.channel.ack(method.delivery_tag, method.multiple)
 
     def on_basic_nack(self, method: commands.Basic.Nack) -> None:
+        if self.tx is not None:
+            taken = self.channel.take(method.delivery_tag, method.multiple)
+            self.tx.append(TxAck(taken, method.requeue))
+            return
         self.channel.reject(method.delivery_tag, method.multiple, method.requeue)
 
     def on_basic_reject(self, method: commands.Basic.Reject) -> None:
+        if self.tx is not None:
+            taken = self.channel.take(method.delivery_tag, False)
+            self.tx.append(TxAck(taken, method.requeue))
+            return
         self.channel.reject(method.delivery_tag, False, method.requeue)
 
     def on_basic_recover(self, method: commands.Basic.Recover) -> None:
@@ -304,21 +347,77 @@ class ChannelHandler:
         self.channel.recover()
 
     def on_confirm_select(self, method: commands.Confirm.Select) -> None:
+        if self.tx is not None:
+            raise PreconditionFailedError("cannot switch from tx to confirm mode")
         self.confirm_mode = True
         if not method.nowait:
             self.send(commands.Confirm.SelectOk())
+
+    # -- tx ----------------------------------------------------------------------
+
+    def on_tx_select(self, method: commands.Tx.Select) -> None:
+        if self.confirm_mode:
+            raise PreconditionFailedError("cannot switch from confirm to tx mode")
+        if self.tx is None:
+            self.tx = []
+        self.send(commands.Tx.SelectOk())
+
+    def on_tx_commit(self, method: commands.Tx.Commit) -> None:
+        """Publishes first, then acks, as RabbitMQ commits; commit-ok once the
+        persistent messages among them are on disk."""
+        if self.tx is None:
+            raise PreconditionFailedError("channel is not transactional")
+        work, self.tx = self.tx, []
+        store = self.connection.server.store
+        generation_before = store.generation
+        for item in work:
+            if isinstance(item, TxPublish):
+                self._route(item.exchange, item.content)
+        for item in work:
+            if isinstance(item, TxAck):
+                self.channel.settle(item.taken, item.requeue)
+        generation = store.generation
+        self._reply_when_durable(
+            commands.Tx.CommitOk(), generation if generation != generation_before else 0
+        )
+
+    def on_tx_rollback(self, method: commands.Tx.Rollback) -> None:
+        if self.tx is None:
+            raise PreconditionFailedError("channel is not transactional")
+        work, self.tx = self.tx, []
+        # Acked messages become unacked again; nothing is requeued.
+        self.channel.restore(
+            [
+                unacked
+                for item in work
+                if isinstance(item, TxAck)
+                for unacked in item.taken
+            ]
+        )
+        self.send(commands.Tx.RollbackOk())
 
     def on_publish(self, content: ContentReceived) -> None:
         """A complete basic.publish: route it, and confirm it if asked."""
         if content.immediate:
             raise FeatureNotImplementedError("immediate=true")
-        seq_no = 0
-        if self.confirm_mode:
-            seq_no = self.next_publish_seq_no
-            self.next_publish_seq_no = seq_no + 1
+        exchange = self.vhost.publish_target(content.exchange)
+        if self.tx is not None:
+            self.tx.append(TxPublish(exchange, content))
+            return
+        if not self.confirm_mode:
+            self._route(exchange, content)
+            return
+        seq_no = self.next_publish_seq_no
+        self.next_publish_seq_no = seq_no + 1
         store = self.connection.server.store
         generation_before = store.generation
-        exchange = self.vhost.publish_target(content.exchange)
+        self._route(exchange, content)
+        generation = store.generation
+        self._reply_when_durable(
+            seq_no, generation if generation != generation_before else 0
+        )
+
+    def _route(self, exchange: Exchange, content: ContentReceived) -> None:
         message = Message(
             content.exchange, content.routing_key, content.properties_raw, content.body
         )
@@ -345,40 +444,47 @@ class ChannelHandler:
                     self.connection.frame_max,
                 )
             )
-        if seq_no:
-            generation = store.generation
-            if generation == generation_before:
-                generation = 0  # nothing to wait for on disk
-            self._confirm(seq_no, generation)
 
-    def _confirm(self, seq_no: int, generation: int) -> None:
-        """Ack now, or once the store has made the message durable. Confirms
-        leave in publish order, so a later one never overtakes an earlier."""
+    def _reply_when_durable(
+        self, reply: int | pamqp_base.Frame, generation: int
+    ) -> None:
+        """Send a confirm (a publish seq_no) or a reply (tx.commit-ok) now, or
+        once the store has the writes up to `generation` on disk. They leave in
+        order, so a later one never overtakes an earlier one."""
         server = self.connection.server
-        if not self._pending_confirms and (
+        if not self._pending_replies and (
             generation <= server.store.committed_generation
         ):
-            self.send(commands.Basic.Ack(delivery_tag=seq_no, multiple=False))
+            self._send_durable_reply(reply, 1)
             return
-        self._pending_confirms.append((seq_no, generation))
+        self._pending_replies.append((reply, generation))
         server.awaiting_confirms.add(self)
 
+    def _send_durable_reply(self, reply: int | pamqp_base.Frame, count: int) -> None:
+        if isinstance(reply, int):
+            self.send(commands.Basic.Ack(delivery_tag=reply, multiple=count > 1))
+        else:
+            self.send(reply)
+
     def release_confirms(self, committed_generation: int) -> bool:
-        """After a group commit: ack what is now durable, many at once.
-        Returns True while confirms are still pending."""
-        pending = self._pending_confirms
-        last = 0
+        """After a group commit: send what is now durable, consecutive confirms
+        as one multiple ack. Returns True while replies are still pending."""
+        pending = self._pending_replies
+        last_seq_no = 0
         count = 0
         while pending and pending[0][1] <= committed_generation:
-            last = pending.popleft()[0]
-            count += 1
-        if last:
-            self.send(commands.Basic.Ack(delivery_tag=last, multiple=count > 1))
+            reply = pending.popleft()[0]
+            if isinstance(reply, int):
+                last_seq_no = reply
+                count += 1
+                continue
+            if last_seq_no:
+                self._send_durable_reply(last_seq_no, count)
+                last_seq_no, count = 0, 0
+            self._send_durable_reply(reply, 1)
+        if last_seq_no:
+            self._send_durable_reply(last_seq_no, count)
         return bool(pending)
-
-
-def _refuse_tx(handler: ChannelHandler, method: pamqp_base.Frame) -> None:
-    raise FeatureNotImplementedError("transactions are not supported yet")
 
 
 HANDLERS: dict[type[pamqp_base.Frame], Handler] = {
@@ -403,7 +509,7 @@ HANDLERS: dict[type[pamqp_base.Frame], Handler] = {
     commands.Basic.Recover: ChannelHandler.on_basic_recover,
     commands.Basic.RecoverAsync: ChannelHandler.on_basic_recover_async,
     commands.Confirm.Select: ChannelHandler.on_confirm_select,
-    commands.Tx.Select: _refuse_tx,
-    commands.Tx.Commit: _refuse_tx,
-    commands.Tx.Rollback: _refuse_tx,
+    commands.Tx.Select: ChannelHandler.on_tx_select,
+    commands.Tx.Commit: ChannelHandler.on_tx_commit,
+    commands.Tx.Rollback: ChannelHandler.on_tx_rollback,
 }

@@ -149,3 +149,19 @@ def test_no_ack_consumed_messages_are_gone_after_restart(
     restarted = start()
     channel = connect(restarted.port).channel()
     assert [body for _, _, body in drain(channel, "q")] == [b"3", b"4", b"5"]
+
+
+def test_committed_transaction_survives_kill(start: Callable[[], Server]) -> None:
+    server = start()
+    channel = connect(server.port).channel()
+    channel.queue_declare("q", durable=True)
+    channel.tx_select()
+    for index in range(3):
+        channel.basic_publish("", "q", str(index).encode(), PERSISTENT)
+    channel.tx_commit()  # commit-ok only once the messages are on disk
+    channel.basic_publish("", "q", b"uncommitted", PERSISTENT)
+    stop(server, "SIGKILL")
+
+    restarted = start()
+    channel = connect(restarted.port).channel()
+    assert [body for _, _, body in drain(channel, "q")] == [b"0", b"1", b"2"]
