@@ -39,6 +39,9 @@ class StoreConfig:
     # Group commit: after the first write of a batch, wait this long for more
     # before the fsync (0: as soon as the previous fsync is done).
     commit_interval_ms: float = 0.0
+    # Bytes waiting for the next fsync above which publishing connections
+    # are not read until a commit finishes.
+    max_pending_bytes: int = 67108864
 
 
 @attrs.frozen

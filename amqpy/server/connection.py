@@ -81,6 +81,7 @@ class ConnectionHandler:
         self.channels: dict[int, ChannelHandler] = {}
         self._high_water = config.limits.outbox_high_water_bytes
         self._low_water = config.limits.outbox_low_water_bytes
+        self._store_max_pending = config.store.max_pending_bytes
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
         self._deliveries_refused = False
@@ -206,6 +207,11 @@ class ConnectionHandler:
                 # The client is not reading what we send (replies, confirms):
                 # stop reading its requests until it catches up.
                 await self._wait_drained()
+            store = self.server.store
+            if store.has_pending and store.pending_bytes > self._store_max_pending:
+                # The disk is behind: stop reading publishes until the
+                # committer has caught up (TCP pushes back on the client).
+                await self.server.wait_store_committed()
 
     async def _wait_drained(self) -> None:
         while self.protocol.pending_output >= self._low_water and not self._closing:

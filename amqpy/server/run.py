@@ -57,6 +57,7 @@ class BrokerServer:
             on_pending=self._wake_committer,
         )
         self._committer_wakeup = trio.Event()
+        self._store_committed = trio.Event()
         # Channels with confirms waiting for a group commit.
         self.awaiting_confirms: set[ChannelHandler] = set()
         self.broker = Broker(
@@ -155,6 +156,10 @@ class BrokerServer:
                 await trio.sleep(interval)
             await self._commit()
 
+    async def wait_store_committed(self) -> None:
+        """Until the next group commit has finished."""
+        await self._store_committed.wait()
+
     async def _commit(self) -> None:
         batch, generation = self.store.take_batch()
         if batch:
@@ -167,6 +172,8 @@ class BrokerServer:
                 self.request_shutdown()
                 return
         self.store.committed_generation = generation
+        self._store_committed.set()
+        self._store_committed = trio.Event()
         for handler in list(self.awaiting_confirms):
             if not handler.release_confirms(generation):
                 self.awaiting_confirms.discard(handler)
