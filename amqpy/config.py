@@ -42,6 +42,10 @@ class StoreConfig:
     # Bytes waiting for the next fsync above which publishing connections
     # are not read until a commit finishes.
     max_pending_bytes: int = 67108864
+    # RabbitMQ's disk_free_limit: below this many free bytes on the data
+    # folder's file system, publishers are blocked (connection.blocked).
+    disk_free_limit_bytes: int = 50000000
+    disk_check_interval_s: float = 5.0
 
 
 @attrs.frozen
@@ -154,6 +158,8 @@ class Config:
             raise ConfigError("limits.channel_max must be between 1 and 65535")
         if self.store.segment_max_bytes < 4096:
             raise ConfigError("store.segment_max_bytes must be at least 4096")
+        if self.store.disk_check_interval_s <= 0:
+            raise ConfigError("store.disk_check_interval_s must be positive")
         if self.store.commit_interval_ms < 0:
             raise ConfigError("store.commit_interval_ms must not be negative")
         if limits.max_message_size < 1:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from pamqp import base as pamqp_base
+from pamqp import commands
 
 from amqpy import __version__
 from amqpy.broker.errors import AmqpError
@@ -85,7 +86,11 @@ class ConnectionHandler:
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
         self._deliveries_refused = False
-        self._output_barrier = 0  # definitions generation our output waits for
+        self._output_barrier = 0
+        # A publish held back while a resource alarm is on.
+        self._held_content: events.ContentReceived | None = (
+            None  # definitions generation our output waits for
+        )
         self._closing = False  # no more input is processed
         self._close_deadline: float | None = None
         now = trio.current_time()
@@ -201,6 +206,11 @@ class ConnectionHandler:
             self.last_received = trio.current_time()
             self.protocol.receive_data(data)
             self._process_events()
+            while self._held_content is not None:
+                await self._wait_publish_allowed()
+                content, self._held_content = self._held_content, None
+                self._handle_event(content)
+                self._process_events()
             if self.protocol.state is ConnectionState.CLOSED:
                 return
             if self.protocol.pending_output >= self._high_water:
@@ -212,6 +222,23 @@ class ConnectionHandler:
                 # The disk is behind: stop reading publishes until the
                 # committer has caught up (TCP pushes back on the client).
                 await self.server.wait_store_committed()
+
+    async def _wait_publish_allowed(self) -> None:
+        """Blocked by a resource alarm (RabbitMQ's connection.blocked): tell
+        the client if it asked to know, and wait until the alarm clears."""
+        if not self.server.alarms:
+            return
+        notify = self.client_capability("connection.blocked")
+        if notify:
+            reason = " & ".join(sorted(self.server.alarms))
+            self.send_method(0, commands.Connection.Blocked(reason=f"low on {reason}"))
+        LOGGER.info(
+            "%s: blocked by alarm (%s)", self.name, ", ".join(self.server.alarms)
+        )
+        await self.server.wait_alarms_cleared()
+        if notify and not self._closing:
+            self.send_method(0, commands.Connection.Unblocked())
+        LOGGER.info("%s: unblocked", self.name)
 
     async def _wait_drained(self) -> None:
         while self.protocol.pending_output >= self._low_water and not self._closing:
@@ -236,6 +263,8 @@ class ConnectionHandler:
                 if event is None:
                     break
                 self._handle_event(event)
+                if self._held_content is not None:
+                    break
                 nursery = self._nursery
                 if nursery is not None and nursery.cancel_scope.cancel_called:
                     break  # aborted: nothing more is read
@@ -263,6 +292,10 @@ class ConnectionHandler:
 
     def _handle_event(self, event: events.Event) -> None:
         if type(event) is events.ContentReceived:
+            if self.server.alarms and self._held_content is None:
+                # A resource alarm: this publish waits, and so does the rest.
+                self._held_content = event
+                return
             handler = self.channels.get(event.channel_id)
             if handler is not None:
                 try:

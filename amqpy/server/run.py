@@ -58,6 +58,10 @@ class BrokerServer:
         )
         self._committer_wakeup = trio.Event()
         self._store_committed = trio.Event()
+        # Resource alarms in force ("disk"); publishers wait while any is.
+        self.alarms: set[str] = set()
+        self._alarms_cleared = trio.Event()
+        self.disk_free_limit_bytes = config.store.disk_free_limit_bytes
         # Channels with confirms waiting for a group commit.
         self.awaiting_confirms: set[ChannelHandler] = set()
         self.broker = Broker(
@@ -156,6 +160,30 @@ class BrokerServer:
                 await trio.sleep(interval)
             await self._commit()
 
+    async def wait_alarms_cleared(self) -> None:
+        while self.alarms:
+            await self._alarms_cleared.wait()
+
+    def set_alarm(self, name: str, active: bool) -> None:
+        if active and name not in self.alarms:
+            LOGGER.warning("%s resource alarm set; publishers are blocked", name)
+            self.alarms.add(name)
+        elif not active and name in self.alarms:
+            LOGGER.warning("%s resource alarm cleared", name)
+            self.alarms.discard(name)
+            if not self.alarms:
+                self._alarms_cleared.set()
+                self._alarms_cleared = trio.Event()
+
+    async def _disk_monitor_task(self) -> None:
+        """RabbitMQ's disk alarm: free space under the limit blocks publishers."""
+        interval = self.config.store.disk_check_interval_s
+        while True:
+            usage = await trio.to_thread.run_sync(os.statvfs, self._data_dir)
+            free = usage.f_bavail * usage.f_frsize
+            self.set_alarm("disk", free < self.disk_free_limit_bytes)
+            await trio.sleep(interval)
+
     async def wait_store_committed(self) -> None:
         """Until the next group commit has finished."""
         await self._store_committed.wait()
@@ -192,6 +220,7 @@ class BrokerServer:
         async with trio.open_nursery() as service_nursery:
             service_nursery.start_soon(self._definitions_writer_task)
             service_nursery.start_soon(self._committer_task)
+            service_nursery.start_soon(self._disk_monitor_task)
             async with trio.open_nursery() as connections_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for listener in listeners:
