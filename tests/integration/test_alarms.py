@@ -16,7 +16,9 @@ NO_DISK = {"disk_free_limit_bytes": 10**18, "disk_check_interval_s": 0.05}
 
 
 def process_until(
-    connection: pika.BlockingConnection, condition: Callable[[], bool], timeout: float = 5
+    connection: pika.BlockingConnection,
+    condition: Callable[[], bool],
+    timeout: float = 5,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
