@@ -69,6 +69,24 @@ class Message:
 
     @property
     def persistent(self) -> bool:
+        """delivery_mode == 2, read without decoding the properties when the
+        flags fit one word (the headers table is skipped by its length)."""
+        raw = self.properties_raw
+        if self._properties is None and len(raw) >= 2 and not raw[1] & 1:
+            flags = (raw[0] << 8) | raw[1]
+            if not flags & 0x1000:
+                return False
+            offset = 2
+            try:
+                if flags & 0x8000:  # content-type
+                    offset += 1 + raw[offset]
+                if flags & 0x4000:  # content-encoding
+                    offset += 1 + raw[offset]
+                if flags & 0x2000:  # headers: a table with a u32 length
+                    offset += 4 + int.from_bytes(raw[offset : offset + 4], "big")
+                return raw[offset] == 2
+            except IndexError:
+                return False  # truncated properties: kept in memory only
         try:
             return self.properties.delivery_mode == 2
         except ValueError:
