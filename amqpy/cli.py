@@ -6,14 +6,23 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from amqpy import __version__
+from amqpy.broker.broker import Broker
 from amqpy.config import Config, ConfigError
 from amqpy.log import setup_logging
 from amqpy.server.run import StartupError, StoreFailedError, run_broker
+from amqpy.store.definitions import (
+    DefinitionsStore,
+    StoreFormatError,
+    read_definitions_file,
+    to_rabbitmq_format,
+)
+from amqpy.store.lock import DataDirLock, DataDirLockedError
 
 LOGGER = logging.getLogger("amqpy")
 
@@ -32,7 +41,61 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level",
     )
+    server.add_argument(
+        "--load-definitions",
+        metavar="FILE",
+        help="definitions file (RabbitMQ's format) to apply at start",
+    )
+    definitions = commands.add_parser(
+        "definitions", help="export or import definitions (RabbitMQ's JSON format)"
+    )
+    verbs = definitions.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("export", "write the broker's durable definitions to FILE (- for stdout)"),
+        ("import", "add FILE's definitions to a stopped broker's data folder"),
+    ):
+        parser_ = verbs.add_parser(verb, help=text)
+        parser_.add_argument("file", metavar="FILE")
+        parser_.add_argument("--config", help="TOML config file")
+        parser_.add_argument("--data-dir", help="the broker's data folder")
     return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = Config.from_toml(args.config) if args.config else Config()
+    if args.data_dir:
+        config = config.with_overrides(store={"data_dir": args.data_dir})
+    return config
+
+
+def _definitions(args: argparse.Namespace) -> int:
+    data_dir = Path(_config(args).store.data_dir)
+    store = DefinitionsStore(data_dir)
+    if args.verb == "export":
+        data = to_rabbitmq_format(store.load(), __version__)
+        if args.file == "-":
+            sys.stdout.write(data.decode() + "\n")
+        else:
+            Path(args.file).write_bytes(data + b"\n")
+        return 0
+    if not data_dir.is_dir():
+        raise StartupError(f"no data folder at {data_dir}")
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirLockedError as error:
+        raise StartupError(
+            f"{error}; stop it first, or give the file to the running broker's "
+            "next start with --load-definitions"
+        ) from error
+    try:
+        broker = Broker()
+        broker.import_definitions(store.load())
+        broker.import_definitions(read_definitions_file(Path(args.file)))
+        store.save(broker.export_definitions())
+    finally:
+        lock.release()
+    return 0
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -42,9 +105,14 @@ def _server(args: argparse.Namespace) -> int:
         listener["bind"] = args.bind
     if args.port is not None:
         listener["port"] = args.port
+    store: dict[str, Any] = {}
+    if args.data_dir:
+        store["data_dir"] = args.data_dir
+    if args.load_definitions:
+        store["load_definitions"] = args.load_definitions
     config = config.with_overrides(
         listener=listener,
-        store={"data_dir": args.data_dir} if args.data_dir else {},
+        store=store,
         log={"level": args.log_level} if args.log_level else {},
     )
     setup_logging(config.log.level)
@@ -57,10 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "server":
             return _server(args)
+        if args.command == "definitions":
+            return _definitions(args)
     except ConfigError as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 2
-    except (OSError, StartupError, StoreFailedError) as error:
+    except (
+        OSError,
+        StartupError,
+        StoreFailedError,
+        StoreFormatError,
+        ValueError,
+    ) as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 1
     except ExceptionGroup as group:

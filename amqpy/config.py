@@ -46,6 +46,9 @@ class StoreConfig:
     # folder's file system, publishers are blocked (connection.blocked).
     disk_free_limit_bytes: int = 50000000
     disk_check_interval_s: float = 5.0
+    # A definitions file (RabbitMQ's export format) applied at every start,
+    # as RabbitMQ's load_definitions; "" for none.
+    load_definitions: str = ""
 
 
 @attrs.frozen

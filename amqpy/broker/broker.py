@@ -19,6 +19,17 @@ class User:
     tags: tuple[str, ...] = ()
 
 
+# RabbitMQ definitions sections that are kept verbatim, not applied.
+KEPT_SECTIONS = (
+    "users",
+    "permissions",
+    "topic_permissions",
+    "policies",
+    "parameters",
+    "global_parameters",
+)
+
+
 class Broker:
     def __init__(
         self,
@@ -27,6 +38,11 @@ class Broker:
     ) -> None:
         self.vhosts: dict[str, VHost] = {}
         self._open_log = open_log
+        # Definitions sections amqpy keeps but does not apply yet (users,
+        # permissions, policies, parameters), so they survive an import and
+        # export round trip.
+        self.kept_definitions: dict[str, list[Any]] = {}
+        self._vhost_entries: dict[str, dict[str, Any]] = {}  # limits, metadata
         self.users: dict[str, User] = {}
         # Called when anything that belongs in the definitions file changes.
         self._on_durable_change = on_durable_change or (lambda: None)
@@ -43,7 +59,15 @@ class Broker:
     def export_definitions(self) -> dict[str, Any]:
         """Durable state in RabbitMQ's definitions shape."""
         definitions: dict[str, Any] = {
-            "vhosts": [{"name": name} for name in self.vhosts],
+            "vhosts": [
+                self._vhost_entries.get(name)
+                or {
+                    "name": name,
+                    "limits": [],
+                    "metadata": {"description": "", "tags": []},
+                }
+                for name in self.vhosts
+            ],
             "exchanges": [],
             "queues": [],
             "bindings": [],
@@ -51,6 +75,8 @@ class Broker:
         for vhost in self.vhosts.values():
             for key, entries in export_definitions(vhost).items():
                 definitions[key].extend(entries)
+        for key, entries in self.kept_definitions.items():
+            definitions[key] = list(entries)
         return definitions
 
     def recover_messages(self) -> int:
@@ -78,12 +104,28 @@ class Broker:
 
         def of_vhost(key: str, name: str) -> list[dict[str, Any]]:
             entries = definitions.get(key) or []
+            if not isinstance(entries, list) or not all(
+                isinstance(entry, dict) for entry in entries
+            ):
+                raise ValueError(
+                    f"malformed definitions: '{key}' is not a list of objects"
+                )
             return [entry for entry in entries if entry.get("vhost", "/") == name]
 
         try:
-            names = [str(entry["name"]) for entry in definitions.get("vhosts") or []]
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"malformed vhost entry: {error!r}") from error
+            vhost_entries = definitions.get("vhosts") or []
+            names = [str(entry["name"]) for entry in vhost_entries]
+            for entry in vhost_entries:
+                self._vhost_entries[str(entry["name"])] = dict(entry)
+            for key in KEPT_SECTIONS:
+                entries = definitions.get(key)
+                if entries:
+                    if not isinstance(entries, list):
+                        raise TypeError(f"'{key}' is not a list")
+                    self.kept_definitions[key] = list(entries)
+                    self._on_durable_change()
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"malformed definitions: {error!r}") from error
         for name in names:
             self.add_vhost(name)
         for name, vhost in self.vhosts.items():

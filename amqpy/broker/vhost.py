@@ -561,6 +561,7 @@ def export_definitions(vhost: VHost) -> dict[str, list[dict[str, Any]]]:
         {
             "name": queue.name,
             "vhost": vhost.name,
+            "type": "classic",
             "durable": True,
             "auto_delete": queue.auto_delete,
             "arguments": queue.arguments,

@@ -15,7 +15,11 @@ from amqpy.config import Config, ConfigError
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
-from amqpy.store.definitions import DefinitionsStore, StoreFormatError
+from amqpy.store.definitions import (
+    DefinitionsStore,
+    StoreFormatError,
+    read_definitions_file,
+)
 from amqpy.store.lock import DataDirLock, DataDirLockedError
 from amqpy.store.message_store import MessageStore
 from amqpy.store.queue_log import LogFormatError
@@ -107,6 +111,15 @@ class BrokerServer:
             message_count = self.broker.recover_messages()
         except (StoreFormatError, LogFormatError, ValueError, OSError) as error:
             raise StartupError(f"cannot recover: {error}") from error
+        load_path = self.config.store.load_definitions
+        if load_path:
+            # RabbitMQ's load_definitions: a definitions file (RabbitMQ's own
+            # exports included) applied at every start; what exists stays.
+            try:
+                self.broker.import_definitions(read_definitions_file(Path(load_path)))
+            except (OSError, ValueError) as error:
+                raise StartupError(f"cannot load {load_path}: {error}") from error
+            LOGGER.info("imported definitions from %s", load_path)
         LOGGER.info("recovered %d persistent messages", message_count)
         LOGGER.info(
             "recovered %d exchanges, %d queues, %d bindings from %s",

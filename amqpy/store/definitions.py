@@ -50,6 +50,38 @@ def json_value(value: Any) -> Any:
     return value
 
 
+def read_definitions_file(path: Path) -> dict[str, Any]:
+    """A definitions file as RabbitMQ exports it (or as amqpy does).
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a definitions object")
+    return data
+
+
+def to_rabbitmq_format(definitions: dict[str, Any], product_version: str) -> bytes:
+    """Our definitions as a file RabbitMQ's import accepts."""
+    document = {key: value for key, value in definitions.items() if key != FORMAT_KEY}
+    document = {
+        "product_name": "amqpy",
+        "product_version": product_version,
+        "users": [],
+        "permissions": [],
+        "policies": [],
+        "parameters": [],
+        "global_parameters": [],
+        **document,
+    }
+    return json.dumps(json_value(document), indent=2, sort_keys=True).encode()
+
+
 class DefinitionsStore:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / DEFINITIONS_FILE
