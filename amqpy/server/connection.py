@@ -494,7 +494,10 @@ class ConnectionHandler:
                 )
                 self._abort()
                 return
-            if now - self.last_sent >= heartbeat / 2 and not self._closing:
+            # Idle for (about) half an interval: a heartbeat keeps the client's
+            # view of us alive, every heartbeat/2 when idle, as RabbitMQ. The
+            # slack covers our own last heartbeat leaving just after its tick.
+            if now - self.last_sent >= 0.4 * heartbeat and not self._closing:
                 self.send_raw(HEARTBEAT_FRAME)
 
     def _abort(self) -> None:
