@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from amqpy.broker.timers import Scheduler
 from amqpy.broker.vhost import VHost, export_definitions, import_definitions
 from amqpy.store.queue_log import QueueLog
 
@@ -35,9 +36,11 @@ class Broker:
         self,
         on_durable_change: Callable[[], None] | None = None,
         open_log: Callable[[str, str], QueueLog] | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.vhosts: dict[str, VHost] = {}
         self._open_log = open_log
+        self._scheduler = scheduler
         # Definitions sections amqpy keeps but does not apply yet (users,
         # permissions, policies, parameters), so they survive an import and
         # export round trip.
@@ -51,7 +54,7 @@ class Broker:
         vhost = self.vhosts.get(name)
         if vhost is None:
             vhost = self.vhosts[name] = VHost(
-                name, self._on_durable_change, self._open_log
+                name, self._on_durable_change, self._open_log, self._scheduler
             )
             self._on_durable_change()
         return vhost

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from amqpy.broker.arguments import InvalidArgumentError, validate_consumer_arguments
+from amqpy.broker.dead_letter import REJECTED
 from amqpy.broker.errors import (
     AccessRefusedError,
     NotAllowedError,
@@ -226,10 +227,16 @@ class Channel:
 
     @staticmethod
     def _forget(taken: list[Unacked]) -> None:
-        """The messages are done with for good (acked, or rejected)."""
+        """Acked: the messages are done with for good."""
         for item in taken:
             if item.entry.persisted:
                 item.queue.settle(item.entry)
+
+    @staticmethod
+    def _discard(taken: list[Unacked]) -> None:
+        """Rejected without requeue: settled, and dead-lettered if configured."""
+        for item in taken:
+            item.queue.discard([item.entry], REJECTED)
 
     def take(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
         """Validate and remove acked deliveries without settling them yet (a
@@ -245,8 +252,10 @@ class Channel:
         self._settle(taken)
         if requeue:
             self._requeue(taken)
-        else:
+        elif requeue is None:
             self._forget(taken)
+        else:
+            self._discard(taken)
         self.kick()
 
     def restore(self, taken: list[Unacked]) -> None:
@@ -270,7 +279,7 @@ class Channel:
         if requeue:
             self._requeue(taken)
         else:
-            self._forget(taken)
+            self._discard(taken)
         self.kick()
 
     def recover(self) -> None:

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from amqpy.broker.dead_letter import EXPIRED, MAXLEN
+from amqpy.broker.timers import Scheduler, Timer
 from amqpy.model.message import Message
 from amqpy.store.queue_log import QueueLog, StoredMessage
 
@@ -23,13 +25,14 @@ if TYPE_CHECKING:
 class QueueEntry:
     """A message's place in one queue; `seq` orders requeues."""
 
-    __slots__ = ("message", "persisted", "redelivered", "seq")
+    __slots__ = ("expires_at", "message", "persisted", "redelivered", "seq")
 
     def __init__(self, message: Message, seq: int, redelivered: bool = False) -> None:
         self.message = message
         self.seq = seq
         self.redelivered = redelivered
         self.persisted = False  # in the queue's log until settled
+        self.expires_at: float | None = None  # monotonic seconds (message TTL)
 
 
 class Consumer:
@@ -65,8 +68,26 @@ class Consumer:
         self.unacked = 0
 
 
+def _int_argument(arguments: Mapping[str, Any], key: str) -> int | None:
+    value = arguments.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_argument(arguments: Mapping[str, Any], key: str) -> str | None:
+    value = arguments.get(key)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
 class Queue:
-    """One queue in a vhost."""
+    """One queue in a vhost.
+
+    Message TTL, length limits and queue expiry follow RabbitMQ's classic
+    queues: expired messages are removed when they reach the head (one timer
+    for the head, never a scan), never delivered; limits count ready messages
+    only; the queue's TTL (x-expires) runs while it has no consumers.
+    """
 
     def __init__(
         self,
@@ -78,6 +99,8 @@ class Queue:
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
         on_unused: Callable[[Queue], None] | None = None,
+        scheduler: Scheduler | None = None,
+        on_dead_letter: Callable[[Queue, list[QueueEntry], str], None] | None = None,
     ) -> None:
         self.name = name
         self.vhost_name = vhost_name
@@ -88,14 +111,31 @@ class Queue:
         self.messages: deque[QueueEntry] = deque()
         self.consumers: deque[Consumer] = deque()
         self.unacked_count = 0
+        self.ready_bytes = 0  # body bytes of the ready messages
         self.deleted = False
         # Persistent messages are written here when the queue is durable.
         self.log: QueueLog | None = None
         self._next_seq = 0
         self._had_consumer = False
         self._dispatching = False
-        # Called when an auto-delete queue loses its last consumer.
+        # Called when an auto-delete queue loses its last consumer, and when
+        # an x-expires queue has been unused for its TTL.
         self._on_unused = on_unused
+        self._scheduler = scheduler
+        self._on_dead_letter = on_dead_letter
+        arguments = self.arguments
+        self.message_ttl_ms = _int_argument(arguments, "x-message-ttl")
+        self.max_length = _int_argument(arguments, "x-max-length")
+        self.max_length_bytes = _int_argument(arguments, "x-max-length-bytes")
+        self.overflow = _str_argument(arguments, "x-overflow") or "drop-head"
+        self.expires_ms = _int_argument(arguments, "x-expires")
+        self.dead_letter_exchange = _str_argument(arguments, "x-dead-letter-exchange")
+        self.dead_letter_routing_key = _str_argument(
+            arguments, "x-dead-letter-routing-key"
+        )
+        self._expiry_timer: Timer | None = None
+        self._idle_timer: Timer | None = None
+        self.touch()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in {self.vhost_name!r}>"
@@ -118,7 +158,33 @@ class Queue:
 
     # -- messages ------------------------------------------------------------
 
-    def enqueue(self, message: Message) -> None:
+    def _ttl_ms(self, message: Message) -> int | None:
+        ttl = self.message_ttl_ms
+        expiration = message.expiration_ms
+        if expiration is not None and (ttl is None or expiration < ttl):
+            return expiration
+        return ttl
+
+    def _is_full(self, extra_bytes: int = 0) -> bool:
+        """At or over a length limit (counting a message of `extra_bytes`)."""
+        if self.max_length is not None and len(self.messages) >= self.max_length:
+            return True
+        return (
+            self.max_length_bytes is not None
+            and self.ready_bytes + extra_bytes > self.max_length_bytes
+        )
+
+    def enqueue(self, message: Message) -> bool:
+        """Add a message; False when the queue refused it (reject-publish)."""
+        if (
+            self.overflow != "drop-head"
+            and (self.max_length is not None or self.max_length_bytes is not None)
+            and self._is_full(len(message.body))
+        ):
+            if self.overflow == "reject-publish-dlx":
+                self._next_seq += 1
+                self._dead_letter([QueueEntry(message, self._next_seq)], MAXLEN)
+            return False
         self._next_seq += 1
         entry = QueueEntry(message, self._next_seq)
         log = self.log
@@ -131,9 +197,122 @@ class Queue:
                 message.body,
             )
             entry.persisted = True
+        ttl = self._ttl_ms(message) if self._scheduler is not None else None
+        if ttl is not None:
+            entry.expires_at = self._now() + ttl / 1000
         self.messages.append(entry)
+        self.ready_bytes += len(message.body)
         if self.consumers:
             self.dispatch()
+        if ttl == 0 and self.messages and self.messages[-1] is entry:
+            # TTL 0: delivered at once or never (RabbitMQ expires it now).
+            self.messages.pop()
+            self.ready_bytes -= len(message.body)
+            self._expired([entry])
+        if self.max_length is not None or self.max_length_bytes is not None:
+            self._drop_head_over_limit()
+        if ttl is not None and self._expiry_timer is None:
+            self._schedule_expiry()
+        return True
+
+    def _drop_head_over_limit(self) -> None:
+        dropped = []
+        messages = self.messages
+        while messages and (
+            (self.max_length is not None and len(messages) > self.max_length)
+            or (
+                self.max_length_bytes is not None
+                and self.ready_bytes > self.max_length_bytes
+            )
+        ):
+            entry = messages.popleft()
+            self.ready_bytes -= len(entry.message.body)
+            dropped.append(entry)
+        if dropped:
+            self.discard(dropped, MAXLEN)
+            self._schedule_expiry()
+
+    def _now(self) -> float:
+        assert self._scheduler is not None
+        return self._scheduler.now()
+
+    # -- expiry ----------------------------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        """One timer, for the head message's expiry."""
+        if self._scheduler is None or self.deleted:
+            return
+        head_expiry = self.messages[0].expires_at if self.messages else None
+        timer = self._expiry_timer
+        if timer is not None:
+            if head_expiry is not None and timer.deadline == head_expiry:
+                return
+            timer.cancel()
+            self._expiry_timer = None
+        if head_expiry is not None:
+            self._expiry_timer = self._scheduler.call_at(head_expiry, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry_timer = None
+        self.expire_head()
+        self._schedule_expiry()
+
+    def expire_head(self) -> None:
+        """Remove the expired messages at the head (and dead-letter them)."""
+        messages = self.messages
+        if not messages or messages[0].expires_at is None or self._scheduler is None:
+            return
+        now = self._now()
+        expired = []
+        while messages and messages[0].expires_at is not None:
+            if messages[0].expires_at > now:
+                break
+            entry = messages.popleft()
+            self.ready_bytes -= len(entry.message.body)
+            expired.append(entry)
+        if expired:
+            self._expired(expired)
+
+    def _expired(self, entries: list[QueueEntry]) -> None:
+        self.discard(entries, EXPIRED)
+
+    def discard(self, entries: list[QueueEntry], reason: str) -> None:
+        """Messages leave for good (rejected, expired, dropped): settle them
+        in the log and dead-letter them if the queue has a dead-letter exchange."""
+        for entry in entries:
+            if entry.persisted:
+                self.settle(entry)
+        self._dead_letter(entries, reason)
+
+    def _dead_letter(self, entries: list[QueueEntry], reason: str) -> None:
+        if self.dead_letter_exchange is not None and self._on_dead_letter is not None:
+            self._on_dead_letter(self, entries, reason)
+
+    # -- queue TTL (x-expires) -------------------------------------------------
+
+    def touch(self) -> None:
+        """The queue was used (declared, basic.get, a consumer left): its
+        x-expires countdown starts again while it has no consumers."""
+        if self.expires_ms is None or self._scheduler is None or self.deleted:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if not self.consumers:
+            self._idle_timer = self._scheduler.call_at(
+                self._now() + self.expires_ms / 1000, self._on_idle
+            )
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if not self.consumers and not self.deleted and self._on_unused is not None:
+            self._on_unused(self)
+
+    def stop_timers(self) -> None:
+        for timer in (self._expiry_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._idle_timer = None
 
     def settle(self, entry: QueueEntry) -> None:
         """A persisted message left the queue for good: record it in the log."""
@@ -156,6 +335,7 @@ class Queue:
             )
             entry.persisted = True
             self.messages.append(entry)
+            self.ready_bytes += len(stored.body)
             self._next_seq = max(self._next_seq, stored.seq)
 
     def requeue(self, entries: Iterable[QueueEntry]) -> None:
@@ -167,17 +347,27 @@ class Queue:
             return
         for entry in returning:
             entry.redelivered = True
+            self.ready_bytes += len(entry.message.body)
         messages = self.messages
         if not messages or returning[-1].seq < messages[0].seq:
             messages.extendleft(reversed(returning))
         else:
             merged = sorted([*messages, *returning], key=lambda entry: entry.seq)
             self.messages = deque(merged)
+        self.expire_head()
+        self._schedule_expiry()
         self.dispatch()
 
     def take(self) -> QueueEntry | None:
-        """The head message, for basic.get."""
-        return self.messages.popleft() if self.messages else None
+        """The head message, for basic.get (never an expired one)."""
+        self.touch()
+        self.expire_head()
+        if not self.messages:
+            return None
+        entry = self.messages.popleft()
+        self.ready_bytes -= len(entry.message.body)
+        self._schedule_expiry()
+        return entry
 
     def purge(self) -> int:
         count = len(self.messages)
@@ -186,6 +376,8 @@ class Queue:
                 if entry.persisted:
                     self.log.ack(entry.seq)
         self.messages.clear()
+        self.ready_bytes = 0
+        self._schedule_expiry()
         return count
 
     # -- consumers -----------------------------------------------------------
@@ -193,6 +385,9 @@ class Queue:
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
         self._had_consumer = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -200,6 +395,8 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        if not self.consumers:
+            self.touch()
         if (
             self.auto_delete
             and not self.consumers
@@ -214,6 +411,7 @@ class Queue:
         if self._dispatching or self.deleted:
             return  # re-entered from a delivery: the outer loop carries on
         self._dispatching = True
+        delivered = False
         try:
             messages = self.messages
             consumers = self.consumers
@@ -225,6 +423,14 @@ class Queue:
                         break
                 else:
                     return  # every consumer is full; an ack or drain wakes us
-                consumer.channel.deliver(consumer, messages.popleft())
+                entry = messages.popleft()
+                self.ready_bytes -= len(entry.message.body)
+                if entry.expires_at is not None and entry.expires_at <= self._now():
+                    self._expired([entry])  # expired messages are never delivered
+                    continue
+                delivered = True
+                consumer.channel.deliver(consumer, entry)
         finally:
             self._dispatching = False
+            if delivered and self._expiry_timer is not None:
+                self._schedule_expiry()

@@ -13,6 +13,7 @@ from amqpy.broker.arguments import (
     validate_queue_arguments,
 )
 from amqpy.broker.channel import generate_name
+from amqpy.broker.dead_letter import dead_lettered_message, is_cycle
 from amqpy.broker.errors import (
     AccessRefusedError,
     CommandInvalidError,
@@ -25,7 +26,8 @@ from amqpy.broker.exchange import (
     DefaultExchange,
     Exchange,
 )
-from amqpy.broker.queue import Queue
+from amqpy.broker.queue import Queue, QueueEntry
+from amqpy.broker.timers import Scheduler
 from amqpy.model.message import Message
 from amqpy.store.queue_log import QueueLog
 
@@ -68,8 +70,11 @@ class VHost:
         name: str,
         on_durable_change: Callable[[], None] | None = None,
         open_log: Callable[[str, str], QueueLog] | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.name = name
+        # Clock and timers for TTLs; without one, nothing expires.
+        self._scheduler = scheduler
         # Gives a durable queue the log its persistent messages are kept in.
         self._open_log = open_log
         # Called whenever a durable exchange, queue or binding comes or goes,
@@ -262,7 +267,9 @@ class VHost:
         if passive:
             if name == "":
                 raise NotFoundError(f"no {self._describe('queue', name)}")
-            return self.get_queue(name, owner)
+            queue = self.get_queue(name, owner)
+            queue.touch()
+            return queue
         # RabbitMQ: Durable = DurableDeclare andalso not ExclusiveDeclare.
         durable = durable and not exclusive
         if name == "":
@@ -299,15 +306,14 @@ class VHost:
                 existing.arguments,
                 EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS,
             )
+            existing.touch()  # a redeclare counts as use (x-expires)
             return existing
-        queue = Queue(
+        queue = self.new_queue(
             name,
-            self.name,
             durable=durable,
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
-            on_unused=self._remove_queue,
         )
         self.queues[name] = queue
         if exclusive:
@@ -355,6 +361,7 @@ class VHost:
                 if not owned:
                     del self._exclusive[queue.exclusive_owner]
         self._unbind_destination(queue)
+        queue.stop_timers()
         if queue.log is not None:
             queue.log.destroy()
         if queue.durable:
@@ -364,6 +371,51 @@ class VHost:
         queue.messages.clear()
         for consumer in consumers:
             consumer.channel.queue_deleted(consumer)
+
+    def new_queue(
+        self,
+        name: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+        exclusive_owner: object | None = None,
+    ) -> Queue:
+        return Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=exclusive_owner,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            on_unused=self._remove_queue,
+            scheduler=self._scheduler,
+            on_dead_letter=self._dead_letter,
+        )
+
+    def _dead_letter(
+        self, queue: Queue, entries: list[QueueEntry], reason: str
+    ) -> None:
+        """Republish through the queue's dead-letter exchange (RabbitMQ drops
+        the message when that exchange does not exist)."""
+        exchange = self.exchanges.get(queue.dead_letter_exchange or "")
+        if exchange is None or queue.dead_letter_exchange is None:
+            return
+        for entry in entries:
+            try:
+                message = dead_lettered_message(
+                    entry.message,
+                    queue_name=queue.name,
+                    reason=reason,
+                    exchange_name=exchange.name,
+                    routing_key=queue.dead_letter_routing_key,
+                )
+                targets = self.route(exchange, message)
+            except ValueError:
+                continue  # unreadable properties: RabbitMQ could not either
+            for target in targets:
+                if not is_cycle(target.name, message, reason):
+                    target.enqueue(message)
 
     def attach_log(self, queue: Queue) -> None:
         if self._open_log is not None and queue.durable:
@@ -624,13 +676,11 @@ def import_definitions(
             name = str(entry["name"])
             if name in vhost.queues:
                 continue
-            queue = vhost.queues[name] = Queue(
+            queue = vhost.queues[name] = vhost.new_queue(
                 name,
-                vhost.name,
                 durable=bool(entry.get("durable", True)),
                 auto_delete=bool(entry.get("auto_delete", False)),
                 arguments=dict(entry.get("arguments") or {}),
-                on_unused=vhost._remove_queue,
             )
             vhost.attach_log(queue)
         for entry in bindings:

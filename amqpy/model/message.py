@@ -38,6 +38,22 @@ def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
     return properties
 
 
+def parse_expiration(value: str | bytes) -> int:
+    """An expiration property as milliseconds, as RabbitMQ parses it.
+
+    Raises:
+        ValueError: with RabbitMQ's reason ("no_integer", "{value_negative,N}").
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    try:
+        number = int(text, 10)
+    except ValueError:
+        raise ValueError("no_integer") from None
+    if number < 0:
+        raise ValueError(f"{{value_negative,{number}}}")
+    return number
+
+
 class Message:
     """One message, shared by every queue it was routed to."""
 
@@ -91,6 +107,22 @@ class Message:
             return self.properties.delivery_mode == 2
         except ValueError:
             return False  # unreadable properties: kept in memory only
+
+    @property
+    def expiration_ms(self) -> int | None:
+        """The per-message TTL (the expiration property), or None.
+
+        Raises:
+            ValueError: RabbitMQ's reason, when the property is not a
+                non-negative integer (e.g. "no_integer").
+        """
+        raw = self.properties_raw
+        if len(raw) >= 2 and not raw[0] & 0x01 and not raw[1] & 1:
+            return None  # one flags word, and the expiration flag (0x0100) unset
+        value = self.properties.expiration
+        if value is None:
+            return None
+        return parse_expiration(value)
 
     @property
     def size(self) -> int:

@@ -411,23 +411,36 @@ class ChannelHandler:
         self.next_publish_seq_no = seq_no + 1
         store = self.connection.server.store
         generation_before = store.generation
-        self._route(exchange, content)
+        if not self._route(exchange, content):
+            # A queue with x-overflow reject-publish refused it.
+            self._reply_when_durable(
+                commands.Basic.Nack(delivery_tag=seq_no, requeue=False), 0
+            )
+            return
         generation = store.generation
         self._reply_when_durable(
             seq_no, generation if generation != generation_before else 0
         )
 
-    def _route(self, exchange: Exchange, content: ContentReceived) -> None:
+    def _route(self, exchange: Exchange, content: ContentReceived) -> bool:
+        """Route and enqueue; False when a queue refused it (reject-publish)."""
         message = Message(
             content.exchange, content.routing_key, content.properties_raw, content.body
         )
         try:
+            message.expiration_ms  # noqa: B018 - reading it validates it
+        except ValueError as error:
+            raise PreconditionFailedError(
+                f"invalid expiration '{message.properties.expiration}': {error}"
+            ) from error
+        try:
             queues = self.vhost.route(exchange, message)
         except ValueError as error:  # properties a headers exchange could not read
             raise PreconditionFailedError(str(error)) from error
+        accepted = True
         if queues:
             for queue in queues:
-                queue.enqueue(message)
+                accepted = queue.enqueue(message) and accepted
         elif content.mandatory:
             self.connection.send_raw(
                 frames.encode_return(
@@ -444,6 +457,7 @@ class ChannelHandler:
                     self.connection.frame_max,
                 )
             )
+        return accepted
 
     def _reply_when_durable(
         self, reply: int | pamqp_base.Frame, generation: int

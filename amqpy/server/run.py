@@ -15,6 +15,7 @@ from amqpy.config import Config, ConfigError
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
+from amqpy.server.timers import TrioScheduler
 from amqpy.store.definitions import (
     DefinitionsStore,
     StoreFormatError,
@@ -68,9 +69,11 @@ class BrokerServer:
         self.disk_free_limit_bytes = config.store.disk_free_limit_bytes
         # Channels with confirms waiting for a group commit.
         self.awaiting_confirms: set[ChannelHandler] = set()
+        self.scheduler = TrioScheduler()
         self.broker = Broker(
             on_durable_change=self._mark_definitions_changed,
             open_log=self.store.open_log,
+            scheduler=self.scheduler,
         )
         self.broker.add_vhost(config.auth.default_vhost)
         self.broker.add_user(
@@ -108,7 +111,9 @@ class BrokerServer:
         try:
             definitions = self._definitions.load()
             self.broker.import_definitions(definitions)
+            self.store.check_formats()
             message_count = self.broker.recover_messages()
+            self.store.remove_unused()
         except (StoreFormatError, LogFormatError, ValueError, OSError) as error:
             raise StartupError(f"cannot recover: {error}") from error
         load_path = self.config.store.load_definitions
@@ -234,6 +239,7 @@ class BrokerServer:
             service_nursery.start_soon(self._definitions_writer_task)
             service_nursery.start_soon(self._committer_task)
             service_nursery.start_soon(self._disk_monitor_task)
+            service_nursery.start_soon(self.scheduler.run)
             async with trio.open_nursery() as connections_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for listener in listeners:

@@ -9,10 +9,14 @@ be confirmed.
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from amqpy.store.queue_log import QueueLog, WriteBatch
+from amqpy.store.queue_log import QueueLog, WriteBatch, _fsync_dir
+
+LOGGER = logging.getLogger(__name__)
 
 MESSAGES_DIR = "msgs"
 
@@ -37,13 +41,53 @@ class MessageStore:
         # append up to G durable once it has run.
         self.generation = 0
         self.committed_generation = 0
+        # The logs of the queues recovered at start, until remove_unused().
+        self._recovering: list[QueueLog] | None = []
 
     def open_log(self, vhost: str, queue: str) -> QueueLog:
-        return QueueLog(
+        log = QueueLog(
             self.directory / queue_dir_name(vhost, queue),
             self.segment_max_bytes,
             on_change=self._mark_dirty,
         )
+        if self._recovering is not None:
+            self._recovering.append(log)
+        return log
+
+    def check_formats(self) -> None:
+        """At start, before any log's recovery repairs anything: refuse files
+        of an unknown format or a newer version in any of them.
+
+        Raises:
+            LogFormatError: such a file.
+            OSError: a file cannot be read.
+        """
+        for log in self._recovering or ():
+            log.check_format()
+
+    def remove_unused(self) -> None:
+        """At start, once the durable queues are recovered: remove the folders
+        of queues that no longer exist (a crash came between a queue's delete
+        and the removal of its folder), so that a queue declared again under
+        the same name starts empty.
+
+        Raises:
+            OSError: a folder cannot be removed.
+        """
+        keep = {log.directory for log in self._recovering or ()}
+        self._recovering = None
+        if not self.directory.exists():
+            return
+        unused = [
+            path
+            for path in self.directory.iterdir()
+            if path.is_dir() and path not in keep
+        ]
+        for path in unused:
+            LOGGER.warning("%s: messages of a deleted queue; removing them", path)
+            shutil.rmtree(path)
+        if unused:
+            _fsync_dir(self.directory)
 
     def _mark_dirty(self, log: QueueLog, appended: bool) -> None:
         if not self._dirty:

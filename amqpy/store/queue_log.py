@@ -127,17 +127,26 @@ class WriteBatch:
         return bool(self.appends or self.deletes or self.remove_dirs)
 
     def run(self) -> None:
-        """Write, fsync, delete. Runs in the committer's thread.
+        """Remove folders, write, fsync, delete. Runs in the committer's thread.
+
+        Folders go first: writes to a removed folder's path come from a queue
+        declared again after the delete, and must land in a fresh folder.
 
         Raises:
             OSError: the caller must stop the broker (nothing may be confirmed).
         """
-        new_files: set[Path] = set()
+        touched: set[Path] = set()
+        for directory in self.remove_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+            touched.add(directory.parent)
         for path, chunks in self.appends.items():
-            if path.parent in self.remove_dirs:
-                continue
             if not path.exists():
-                new_files.add(path.parent)
+                touched.add(path.parent)
+                # A new folder's own entry must reach the disk as well.
+                created = path.parent
+                while not created.exists():
+                    touched.add(created.parent)
+                    created = created.parent
                 path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as file:
                 if file.tell() == 0:
@@ -148,16 +157,12 @@ class WriteBatch:
                 file.write(b"".join(chunks))
                 file.flush()
                 os.fsync(file.fileno())
-        touched = set(new_files)
         for path in self.deletes:
             try:
                 path.unlink()
             except FileNotFoundError:
                 continue
             touched.add(path.parent)
-        for directory in self.remove_dirs:
-            shutil.rmtree(directory, ignore_errors=True)
-            touched.add(directory.parent)
         for directory in touched:
             if directory.exists():
                 _fsync_dir(directory)
@@ -275,11 +280,14 @@ class QueueLog:
         """
         if not self.directory.exists():
             return []
-        segment_ids = sorted(
-            int(path.name.split(".")[1])
-            for path in self.directory.glob("msgs.*")
-            if path.name.split(".")[1].isdigit()
-        )
+        self.check_format()
+        segment_ids = sorted(_segment_ids(self.directory, "msgs"))
+        # acks.N outlives msgs.N when a crash falls between their unlinks; it
+        # would settle the messages of a later segment N.
+        for segment_id in _segment_ids(self.directory, "acks") - set(segment_ids):
+            path = self.directory / _segment_name("acks", segment_id)
+            LOGGER.warning("%s: acks of a deleted segment; deleting them", path)
+            path.unlink()
         recovered: list[StoredMessage] = []
         for segment_id in segment_ids:
             msgs_path = self.directory / _segment_name("msgs", segment_id)
@@ -302,6 +310,29 @@ class QueueLog:
         self._segment_id = (segment_ids[-1] + 1) if segment_ids else 1
         recovered.sort(key=lambda message: message.seq)
         return recovered
+
+    def check_format(self) -> None:
+        """Refuse an unknown or newer file before recovery changes anything.
+
+        Raises:
+            LogFormatError: a file of an unknown format or a newer version.
+            OSError: a file cannot be read.
+        """
+        if not self.directory.exists():
+            return
+        for kind, magic in (("msgs", SEGMENT_MAGIC), ("acks", ACKS_MAGIC)):
+            for segment_id in _segment_ids(self.directory, kind):
+                path = self.directory / _segment_name(kind, segment_id)
+                with open(path, "rb") as file:
+                    _check_header(path, file.read(FILE_HEADER.size), magic)
+
+
+def _segment_ids(directory: Path, kind: str) -> set[int]:
+    return {
+        int(path.name.split(".")[1])
+        for path in directory.glob(f"{kind}.*")
+        if path.name.split(".")[1].isdigit()
+    }
 
 
 def _check_header(path: Path, data: bytes, magic: bytes) -> None:
