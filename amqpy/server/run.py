@@ -56,6 +56,7 @@ class BrokerServer:
         self.definitions_generation = 0
         self._saved_generation = 0
         self._definitions_saved = trio.Event()
+        self._definitions_lock = trio.Lock()
         self.store = MessageStore(
             self._data_dir,
             config.store.segment_max_bytes,
@@ -146,10 +147,16 @@ class BrokerServer:
         """Save the definitions whenever they change, off the event loop."""
         while True:
             await self._definitions_changed.wait()
+            self._definitions_changed = trio.Event()
             await self._save_definitions()
 
     async def _save_definitions(self) -> None:
-        self._definitions_changed = trio.Event()
+        async with self._definitions_lock:  # one writer of the file at a time
+            if self._saved_generation >= self.definitions_generation:
+                return
+            await self._save_definitions_locked()
+
+    async def _save_definitions_locked(self) -> None:
         generation = self.definitions_generation
         snapshot = self.broker.export_definitions()
         try:
@@ -208,6 +215,13 @@ class BrokerServer:
 
     async def _commit(self) -> None:
         batch, generation = self.store.take_batch()
+        if self._saved_generation < self.definitions_generation:
+            # A message may go to a queue whose declaration is not on disk
+            # yet: the definitions are saved first, so no confirm outlives a
+            # crash that would forget its queue.
+            await self._save_definitions()
+            if self.failed:
+                return
         if batch:
             try:
                 await trio.to_thread.run_sync(batch.run)
@@ -254,7 +268,7 @@ class BrokerServer:
                 await self._close_connections(connections_nursery)
             service_nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
-            if self._definitions_changed.is_set() and not self.failed:
+            if not self.failed:
                 await self._save_definitions()
             if self.store.has_pending and not self.failed:
                 await self._commit()

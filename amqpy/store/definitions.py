@@ -104,7 +104,11 @@ class DefinitionsStore:
         if not isinstance(data, dict) or FORMAT_KEY not in data:
             raise StoreFormatError(f"{self.path} is not an amqpy definitions file")
         version = data[FORMAT_KEY]
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or (version > FORMAT_VERSION)
+        ):
             raise StoreFormatError(
                 f"{self.path} has format version {version!r}; this amqpy reads "
                 f"up to {FORMAT_VERSION}"

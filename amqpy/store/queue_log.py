@@ -137,7 +137,10 @@ class WriteBatch:
         """
         touched: set[Path] = set()
         for directory in self.remove_dirs:
-            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                shutil.rmtree(directory)
+            except FileNotFoundError:
+                pass  # never written, or already gone
             touched.add(directory.parent)
         for path, chunks in self.appends.items():
             if not path.exists():

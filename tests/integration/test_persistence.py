@@ -5,12 +5,16 @@ do not; confirms come only once the message is on disk."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika
 import pytest
 from helpers.server_process import Server
+
+from amqpy.server.embedded import EmbeddedBroker
+from amqpy.store.message_store import queue_dir_name
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, headers={"h": 1}, priority=3)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -165,3 +169,50 @@ def test_committed_transaction_survives_kill(start: Callable[[], Server]) -> Non
     restarted = start()
     channel = connect(restarted.port).channel()
     assert [body for _, _, body in drain(channel, "q")] == [b"0", b"1", b"2"]
+
+
+def segment_usage(folder: Path) -> tuple[int, int]:
+    """Message segments in a queue's folder, and the bytes of all its files."""
+    segments, size = 0, 0
+    for path in folder.glob("*.*"):
+        try:
+            size += path.stat().st_size
+        except FileNotFoundError:
+            continue  # deleted by the committer meanwhile
+        segments += path.name.startswith("msgs.")
+    return segments, size
+
+
+def test_disk_use_stays_bounded_under_steady_publish_and_ack(
+    make_broker: Callable[..., EmbeddedBroker],
+) -> None:
+    segment = 65536
+    broker = make_broker(store={"segment_max_bytes": segment})
+    folder = Path(broker.config.store.data_dir) / "msgs" / queue_dir_name("/", "q")
+    channel = connect(broker.port).channel()
+    channel.queue_declare("q", durable=True)
+    channel.basic_qos(prefetch_count=1000)
+    deliveries = channel.consume("q", inactivity_timeout=10)
+    padding = bytes(1016)
+    total, batch = 20_000, 500
+    worst = 0
+    for start in range(0, total, batch):
+        for seq in range(start, start + batch):
+            channel.basic_publish("", "q", b"%08d" % seq + padding, PERSISTENT)
+        for seq in range(start, start + batch):
+            method, _, body = next(deliveries)
+            assert method is not None, "no delivery within 10 s"
+            assert body == b"%08d" % seq + padding
+        channel.basic_ack(method.delivery_tag, multiple=True)
+        worst = max(worst, segment_usage(folder)[1])
+
+    # 20 MiB went through; at most a batch (0.5 MiB) was ever outstanding.
+    print(f"most bytes on disk: {worst}")
+    assert worst <= 24 * segment, worst
+    # Once the committer has caught up, only the segment being written is left.
+    deadline = time.monotonic() + 10
+    while (usage := segment_usage(folder))[0] > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert usage[0] <= 1, usage
+    assert usage[1] <= 2 * segment, usage
+    channel.connection.close()
