@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from amqpy.model.message import Message
+from amqpy.model.message import Message, decode_properties
 
 REJECTED = "rejected"
 EXPIRED = "expired"
@@ -33,7 +33,9 @@ def dead_lettered_message(
     Raises:
         ValueError: the message's properties cannot be decoded.
     """
-    properties = message.properties
+    # A fresh decode: the message's cached properties are shared by every
+    # queue it went to and must not change.
+    properties = decode_properties(message.properties_raw)
     headers: dict[str, Any] = dict(properties.headers or {})
     routing_keys: list[Any] = [message.routing_key]
     for extra in ("CC", "BCC"):
@@ -41,33 +43,45 @@ def dead_lettered_message(
         if isinstance(value, list):
             routing_keys.extend(_text(key) for key in value)
     headers.pop("BCC", None)
-    deaths = [
-        dict(death) for death in headers.get("x-death") or [] if isinstance(death, dict)
-    ]
-    for index, death in enumerate(deaths):
-        if (
-            _text(death.get("queue")) == queue_name
-            and _text(death.get("reason")) == reason
-        ):
-            death["count"] = int(death.get("count", 0) or 0) + 1
-            deaths.insert(0, deaths.pop(index))
-            break
+    new_death: dict[str, Any] = {
+        "count": 1,
+        "reason": reason,
+        "queue": queue_name,
+        "time": (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0),
+        "exchange": message.exchange,
+        "routing-keys": routing_keys,
+    }
+    if properties.expiration is not None:
+        new_death["original-expiration"] = properties.expiration
+    existing = headers.get("x-death")
+    if "x-death" not in headers:
+        # The first death also sets (overwrites) the x-first-death-* headers.
+        headers["x-first-death-reason"] = reason
+        headers["x-first-death-queue"] = queue_name
+        headers["x-first-death-exchange"] = message.exchange
+        headers["x-death"] = [new_death]
+    elif isinstance(existing, list):
+        grouped = _group_by_queue_and_reason(
+            [dict(death) for death in existing if isinstance(death, dict)]
+        )
+        first = new_death
+        others = []
+        for death in grouped:
+            if first is new_death and _death_key(death) == (queue_name, reason):
+                count = death.get("count")
+                if isinstance(count, bool) or not isinstance(count, int):
+                    count = 0
+                first = {**death, "count": count + 1}
+            else:
+                others.append(death)
+        headers["x-death"] = [first, *others]
     else:
-        death = {
-            "count": 1,
-            "reason": reason,
-            "queue": queue_name,
-            "time": (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0),
-            "exchange": message.exchange,
-            "routing-keys": routing_keys,
-        }
-        if properties.expiration is not None:
-            death["original-expiration"] = properties.expiration
-        deaths.insert(0, death)
-    headers["x-death"] = deaths
-    headers.setdefault("x-first-death-reason", reason)
-    headers.setdefault("x-first-death-queue", queue_name)
-    headers.setdefault("x-first-death-exchange", message.exchange)
+        # Not an array (a client re-published it as text, say): RabbitMQ
+        # starts the header again and leaves the x-first-death-* ones alone.
+        headers["x-death"] = [new_death]
+    if routing_key is not None:
+        # RabbitMQ drops CC once the dead-letter routing key replaces the keys.
+        headers.pop("CC", None)
     # The per-message TTL is spent: it would expire the copy at once.
     properties.expiration = None
     properties.headers = headers
@@ -77,6 +91,30 @@ def dead_lettered_message(
         properties.marshal(),
         message.body,
     )
+
+
+def _death_key(death: dict[str, Any]) -> tuple[object, object]:
+    return _text(death.get("queue")), _text(death.get("reason"))
+
+
+def _group_by_queue_and_reason(deaths: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """rabbit_dead_letter:group_by_queue_and_reason/1: one entry per (queue,
+    reason), the first one seen, counted when it has no count. With two or
+    more entries RabbitMQ's fold leaves the result in reverse order."""
+    if len(deaths) <= 1:
+        return deaths
+    seen: set[tuple[object, object]] = set()
+    grouped: list[dict[str, Any]] = []
+    for death in deaths:
+        key = _death_key(death)
+        if key in seen:
+            continue
+        seen.add(key)
+        if "count" not in death:
+            same = sum(1 for other in deaths if _death_key(other) == key)
+            death = {"count": same, **death}
+        grouped.insert(0, death)
+    return grouped
 
 
 def is_cycle(queue_name: str, message: Message, reason: str) -> bool:

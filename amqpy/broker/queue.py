@@ -9,6 +9,7 @@ their connection's output; nothing is awaited per message.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -352,8 +353,15 @@ class Queue:
         if not messages or returning[-1].seq < messages[0].seq:
             messages.extendleft(reversed(returning))
         else:
-            merged = sorted([*messages, *returning], key=lambda entry: entry.seq)
-            self.messages = deque(merged)
+            # Both runs are sorted by seq: a linear merge, not a sort.
+            self.messages = deque(
+                heapq.merge(messages, returning, key=lambda entry: entry.seq)
+            )
+        if self.overflow == "drop-head" and (
+            self.max_length is not None or self.max_length_bytes is not None
+        ):
+            # RabbitMQ applies drop-head to requeues too (dead-lettered maxlen).
+            self._drop_head_over_limit()
         self.expire_head()
         self._schedule_expiry()
         self.dispatch()
@@ -366,6 +374,8 @@ class Queue:
             return None
         entry = self.messages.popleft()
         self.ready_bytes -= len(entry.message.body)
+        # Expired messages now at the head go before get-ok's message_count.
+        self.expire_head()
         self._schedule_expiry()
         return entry
 

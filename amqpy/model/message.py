@@ -7,6 +7,7 @@ when a feature needs them (headers routing, delivery mode, expiration).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pamqp import commands
@@ -38,20 +39,67 @@ def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
     return properties
 
 
+# rabbit_misc:check_expiry/1 refuses per-message TTLs over ten years.
+MAX_EXPIRY_MS = 315_360_000_000
+
+_INTEGER_PREFIX = re.compile(rb"[+-]?[0-9]+")
+# Bytes Erlang's ~p prints inside a string (io_lib:printable_latin1_list/1).
+_ERLANG_ESCAPES = {
+    0x22: '\\"',
+    0x5C: "\\\\",
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x0B: "\\v",
+    0x08: "\\b",
+    0x0C: "\\f",
+    0x1B: "\\e",
+}
+
+
+def _erlang_string(raw: bytes) -> str:
+    """A byte list as Erlang's ~p prints it (a latin-1 str, one char a byte)."""
+    if all(32 <= byte <= 126 or byte >= 160 or byte in _ERLANG_ESCAPES for byte in raw):
+        return '"' + "".join(_ERLANG_ESCAPES.get(b, chr(b)) for b in raw) + '"'
+    return "[" + ",".join(str(byte) for byte in raw) + "]"
+
+
 def parse_expiration(value: str | bytes) -> int:
-    """An expiration property as milliseconds, as RabbitMQ parses it.
+    """An expiration property as milliseconds, as RabbitMQ parses it
+    (string:to_integer/1, then rabbit_misc:check_expiry/1).
 
     Raises:
-        ValueError: with RabbitMQ's reason ("no_integer", "{value_negative,N}").
+        ValueError: with RabbitMQ's reason as Erlang prints it ("no_integer",
+            "{value_negative,-1}", '{leftover_string,".5"}', ...).
     """
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    try:
-        number = int(text, 10)
-    except ValueError:
-        raise ValueError("no_integer") from None
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    match = _INTEGER_PREFIX.match(raw)
+    if match is None:
+        raise ValueError("no_integer")
+    leftover = raw[match.end() :]
+    if leftover:
+        raise ValueError(f"{{leftover_string,{_erlang_string(leftover)}}}")
+    number = int(match.group())
+    if number > MAX_EXPIRY_MS:
+        raise ValueError(f"{{value_too_large,{number}}}")
     if number < 0:
         raise ValueError(f"{{value_negative,{number}}}")
     return number
+
+
+def expiration_error_text(value: str | bytes, reason: str) -> str:
+    """RabbitMQ's "invalid expiration '~s': ~p" for `reason` from
+    parse_expiration, wrapped as Erlang's pretty printer wraps a tuple that
+    would reach column 79 (columns counted in bytes, tabs to multiples of 8)."""
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    prefix = "invalid expiration '" + raw.decode("latin-1") + "': "
+    column = 0
+    for char in prefix:
+        column = (column + 8) // 8 * 8 if char == "\t" else column + 1
+    if reason.startswith("{") and column + len(reason) >= 79:
+        tag, _, rest = reason.partition(",")
+        reason = f"{tag},\n{' ' * (column + 1)}{rest}"
+    return (prefix + reason).encode("latin-1").decode("utf-8", "replace")
 
 
 class Message:

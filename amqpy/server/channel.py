@@ -19,7 +19,8 @@ from amqpy.broker.errors import (
     PreconditionFailedError,
 )
 from amqpy.broker.exchange import Exchange
-from amqpy.model.message import Message
+from amqpy.broker.queue import Queue
+from amqpy.model.message import Message, expiration_error_text
 from amqpy.protocol import frames
 from amqpy.protocol.events import ContentReceived
 from amqpy.reply_code import ReplyCode
@@ -39,7 +40,11 @@ def _text(value: object) -> str:
 
 @attrs.frozen
 class TxPublish:
-    exchange: Exchange
+    """A publish in a transaction: routed when published (as RabbitMQ does),
+    enqueued at commit."""
+
+    message: Message
+    queues: list[Queue]
     content: ContentReceived
 
 
@@ -370,12 +375,18 @@ class ChannelHandler:
         work, self.tx = self.tx, []
         store = self.connection.server.store
         generation_before = store.generation
+        accepted = True
         for item in work:
             if isinstance(item, TxPublish):
-                self._route(item.exchange, item.content)
+                delivered = self._deliver(item.message, item.queues, item.content)
+                accepted = delivered and accepted
         for item in work:
             if isinstance(item, TxAck):
                 self.channel.settle(item.taken, item.requeue)
+        if not accepted:
+            # A queue refused a publish (x-overflow reject-publish): RabbitMQ
+            # does the rest of the transaction, then fails the commit.
+            raise PreconditionFailedError("partial tx completion")
         generation = store.generation
         self._reply_when_durable(
             commands.Tx.CommitOk(), generation if generation != generation_before else 0
@@ -402,7 +413,8 @@ class ChannelHandler:
             raise FeatureNotImplementedError("immediate=true")
         exchange = self.vhost.publish_target(content.exchange)
         if self.tx is not None:
-            self.tx.append(TxPublish(exchange, content))
+            message, queues = self._resolve(exchange, content)
+            self.tx.append(TxPublish(message, queues, content))
             return
         if not self.confirm_mode:
             self._route(exchange, content)
@@ -413,8 +425,13 @@ class ChannelHandler:
         generation_before = store.generation
         if not self._route(exchange, content):
             # A queue with x-overflow reject-publish refused it.
+            # RabbitMQ's nack has requeue=true (the method's default) and
+            # multiple=true when nothing older is unconfirmed (send_nacks).
             self._reply_when_durable(
-                commands.Basic.Nack(delivery_tag=seq_no, requeue=False), 0
+                commands.Basic.Nack(
+                    delivery_tag=seq_no, multiple=not self._pending_replies
+                ),
+                0,
             )
             return
         generation = store.generation
@@ -424,6 +441,13 @@ class ChannelHandler:
 
     def _route(self, exchange: Exchange, content: ContentReceived) -> bool:
         """Route and enqueue; False when a queue refused it (reject-publish)."""
+        message, queues = self._resolve(exchange, content)
+        return self._deliver(message, queues, content)
+
+    def _resolve(
+        self, exchange: Exchange, content: ContentReceived
+    ) -> tuple[Message, list[Queue]]:
+        """The message and the queues it routes to (it may be refused: 406)."""
         message = Message(
             content.exchange, content.routing_key, content.properties_raw, content.body
         )
@@ -431,16 +455,21 @@ class ChannelHandler:
             message.expiration_ms  # noqa: B018 - reading it validates it
         except ValueError as error:
             raise PreconditionFailedError(
-                f"invalid expiration '{message.properties.expiration}': {error}"
+                expiration_error_text(message.properties.expiration or "", str(error))
             ) from error
         try:
-            queues = self.vhost.route(exchange, message)
+            return message, self.vhost.route(exchange, message)
         except ValueError as error:  # properties a headers exchange could not read
             raise PreconditionFailedError(str(error)) from error
+
+    def _deliver(
+        self, message: Message, queues: list[Queue], content: ContentReceived
+    ) -> bool:
         accepted = True
         if queues:
             for queue in queues:
-                accepted = queue.enqueue(message) and accepted
+                if not queue.deleted:  # deleted since a transaction routed it
+                    accepted = queue.enqueue(message) and accepted
         elif content.mandatory:
             self.connection.send_raw(
                 frames.encode_return(

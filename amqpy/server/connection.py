@@ -5,9 +5,10 @@ watchdog task for the handshake timeout and heartbeats."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -87,6 +88,7 @@ class ConnectionHandler:
         self._drained = trio.Event()
         self._deliveries_refused = False
         self._output_barrier = 0
+        self._paused_reads = 0  # > 0 while we deliberately do not read
         # A publish held back while a resource alarm is on.
         self._held_content: events.ContentReceived | None = (
             None  # definitions generation our output waits for
@@ -207,7 +209,8 @@ class ConnectionHandler:
             self.protocol.receive_data(data)
             self._process_events()
             while self._held_content is not None:
-                await self._wait_publish_allowed()
+                async with self._reads_paused():
+                    await self._wait_publish_allowed()
                 content, self._held_content = self._held_content, None
                 self._handle_event(content)
                 self._process_events()
@@ -216,12 +219,25 @@ class ConnectionHandler:
             if self.protocol.pending_output >= self._high_water:
                 # The client is not reading what we send (replies, confirms):
                 # stop reading its requests until it catches up.
-                await self._wait_drained()
+                async with self._reads_paused():
+                    await self._wait_drained()
             store = self.server.store
             if store.has_pending and store.pending_bytes > self._store_max_pending:
                 # The disk is behind: stop reading publishes until the
                 # committer has caught up (TCP pushes back on the client).
-                await self.server.wait_store_committed()
+                async with self._reads_paused():
+                    await self.server.wait_store_committed()
+
+    @contextlib.asynccontextmanager
+    async def _reads_paused(self) -> AsyncIterator[None]:
+        """We chose not to read: the client's silence is ours, not a missed
+        heartbeat (RabbitMQ pauses its heartbeat monitor likewise)."""
+        self._paused_reads += 1
+        try:
+            yield
+        finally:
+            self._paused_reads -= 1
+            self.last_received = trio.current_time()
 
     async def _wait_publish_allowed(self) -> None:
         """Blocked by a resource alarm (RabbitMQ's connection.blocked): tell
@@ -444,20 +460,23 @@ class ConnectionHandler:
         while True:
             if not protocol.pending_output:
                 self._drained.set()
-                if self._closing and protocol.state in (
-                    ConnectionState.CLOSED,
-                    ConnectionState.AWAIT_PROTOCOL_HEADER,
-                ):
-                    pass
                 self._writer_wakeup = trio.Event()
                 await self._writer_wakeup.wait()
                 continue
-            if self._output_barrier:
-                await self.server.wait_definitions_saved(self._output_barrier)
-                self._output_barrier = 0
+            while self._output_barrier:
+                # Replies that follow a durable change wait for its save; the
+                # barrier may rise while we wait, so look again.
+                barrier = self._output_barrier
+                await self.server.wait_definitions_saved(barrier)
+                if self._output_barrier == barrier:
+                    self._output_barrier = 0
             data = protocol.data_to_send()
             await stream.send_all(data)
             self.last_sent = trio.current_time()
+            if protocol.pending_output < self._low_water:
+                # Wake a reader waiting for us before consumers refill the
+                # buffer: a busy consumer's own requests must still be read.
+                self._drained.set()
             if (
                 self._deliveries_refused
                 and protocol.pending_output < self._low_water
@@ -486,7 +505,7 @@ class ConnectionHandler:
         while True:
             await trio.sleep(heartbeat / 2)
             now = trio.current_time()
-            if now - self.last_received > 2 * heartbeat:
+            if not self._paused_reads and now - self.last_received > 2 * heartbeat:
                 LOGGER.warning(
                     "%s: missed heartbeats from client, timeout: %ss",
                     self.name,

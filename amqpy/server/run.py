@@ -204,9 +204,15 @@ class BrokerServer:
         """RabbitMQ's disk alarm: free space under the limit blocks publishers."""
         interval = self.config.store.disk_check_interval_s
         while True:
-            usage = await trio.to_thread.run_sync(os.statvfs, self._data_dir)
-            free = usage.f_bavail * usage.f_frsize
-            self.set_alarm("disk", free < self.disk_free_limit_bytes)
+            try:
+                usage = await trio.to_thread.run_sync(os.statvfs, self._data_dir)
+            except OSError as error:
+                # The data folder is gone or unreadable: nothing can be stored.
+                LOGGER.error("cannot check free disk space: %s", error)
+                self.set_alarm("disk", True)
+            else:
+                free = usage.f_bavail * usage.f_frsize
+                self.set_alarm("disk", free < self.disk_free_limit_bytes)
             await trio.sleep(interval)
 
     async def wait_store_committed(self) -> None:
@@ -225,7 +231,7 @@ class BrokerServer:
         if batch:
             try:
                 await trio.to_thread.run_sync(batch.run)
-            except OSError:
+            except Exception:
                 # Fail-stop: nothing that is not on disk may be confirmed.
                 LOGGER.exception("message store write failed; stopping")
                 self.failed = True
