@@ -91,7 +91,7 @@ def recovery(count: int) -> dict[str, object]:
             }
         )
         store = MessageStore(data_dir, 8 * 1024 * 1024)
-        log = store.open_log("/", QUEUE)
+        log = store.open_log("bench")
         for seq in range(1, count + 1):
             log.append(seq, "", QUEUE, PROPERTIES, BODY)
             if seq % 10000 == 0:

@@ -35,7 +35,7 @@ class Broker:
     def __init__(
         self,
         on_durable_change: Callable[[], None] | None = None,
-        open_log: Callable[[str, str], QueueLog] | None = None,
+        open_log: Callable[[str], QueueLog] | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
         self.vhosts: dict[str, VHost] = {}

@@ -116,6 +116,7 @@ class Queue:
         self.deleted = False
         # Persistent messages are written here when the queue is durable.
         self.log: QueueLog | None = None
+        self.store_id: str | None = None  # the log's folder
         self._next_seq = 0
         self._had_consumer = False
         self._dispatching = False

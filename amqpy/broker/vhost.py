@@ -29,6 +29,8 @@ from amqpy.broker.exchange import (
 from amqpy.broker.queue import Queue, QueueEntry
 from amqpy.broker.timers import Scheduler
 from amqpy.model.message import Message
+from amqpy.store.definitions import STORE_ID_KEY
+from amqpy.store.message_store import new_store_id
 from amqpy.store.queue_log import QueueLog
 
 # Queue arguments RabbitMQ compares on redeclare; others are not compared.
@@ -69,7 +71,7 @@ class VHost:
         self,
         name: str,
         on_durable_change: Callable[[], None] | None = None,
-        open_log: Callable[[str, str], QueueLog] | None = None,
+        open_log: Callable[[str], QueueLog] | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
         self.name = name
@@ -419,7 +421,9 @@ class VHost:
 
     def attach_log(self, queue: Queue) -> None:
         if self._open_log is not None and queue.durable:
-            queue.log = self._open_log(self.name, queue.name)
+            if queue.store_id is None:
+                queue.store_id = new_store_id()
+            queue.log = self._open_log(queue.store_id)
 
     def owner_closed(self, owner: object) -> None:
         """A connection closed: its exclusive queues go with it."""
@@ -617,6 +621,7 @@ def export_definitions(vhost: VHost) -> dict[str, list[dict[str, Any]]]:
             "durable": True,
             "auto_delete": queue.auto_delete,
             "arguments": queue.arguments,
+            **({STORE_ID_KEY: queue.store_id} if queue.store_id else {}),
         }
         for queue in vhost.queues.values()
         if queue.durable
@@ -682,6 +687,9 @@ def import_definitions(
                 auto_delete=bool(entry.get("auto_delete", False)),
                 arguments=dict(entry.get("arguments") or {}),
             )
+            store_id = entry.get(STORE_ID_KEY)
+            if isinstance(store_id, str) and store_id.isalnum():
+                queue.store_id = store_id
             vhost.attach_log(queue)
         for entry in bindings:
             source = vhost.exchanges.get(str(entry["source"]))

@@ -19,6 +19,8 @@ from amqpy.store.atomic import write_atomically
 DEFINITIONS_FILE = "definitions.json"
 FORMAT_KEY = "amqpy_definitions_format"
 FORMAT_VERSION = 1
+# Our addition to a queue's entry: the folder of its message log.
+STORE_ID_KEY = "amqpy_store_id"
 
 
 class StoreFormatError(Exception):
@@ -69,6 +71,10 @@ def read_definitions_file(path: Path) -> dict[str, Any]:
 def to_rabbitmq_format(definitions: dict[str, Any], product_version: str) -> bytes:
     """Our definitions as a file RabbitMQ's import accepts."""
     document = {key: value for key, value in definitions.items() if key != FORMAT_KEY}
+    document["queues"] = [
+        {key: value for key, value in queue.items() if key != STORE_ID_KEY}
+        for queue in document.get("queues", [])
+    ]
     document = {
         "product_name": "amqpy",
         "product_version": product_version,

@@ -8,12 +8,13 @@ be confirmed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from amqpy.store.definitions import STORE_ID_KEY, DefinitionsStore
 from amqpy.store.queue_log import QueueLog, WriteBatch, _fsync_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -21,9 +22,23 @@ LOGGER = logging.getLogger(__name__)
 MESSAGES_DIR = "msgs"
 
 
-def queue_dir_name(vhost: str, queue: str) -> str:
-    """A file-system-safe folder name for any queue name (UTF-8, 255 bytes)."""
-    return hashlib.sha256(f"{vhost}\0{queue}".encode()).hexdigest()[:40]
+def new_store_id() -> str:
+    """A fresh folder name for one incarnation of a durable queue: a queue
+    deleted and declared again never shares files with its predecessor."""
+    return uuid.uuid4().hex
+
+
+def find_queue_dir(data_dir: Path, vhost: str, queue: str) -> Path:
+    """The message folder of a durable queue, from the saved definitions.
+
+    Raises:
+        KeyError: no such durable queue in the definitions.
+    """
+    definitions = DefinitionsStore(data_dir).load()
+    for entry in definitions.get("queues", []):
+        if entry.get("vhost") == vhost and entry.get("name") == queue:
+            return data_dir / MESSAGES_DIR / str(entry[STORE_ID_KEY])
+    raise KeyError(f"no durable queue '{queue}' in vhost '{vhost}'")
 
 
 class MessageStore:
@@ -44,9 +59,9 @@ class MessageStore:
         # The logs of the queues recovered at start, until remove_unused().
         self._recovering: list[QueueLog] | None = []
 
-    def open_log(self, vhost: str, queue: str) -> QueueLog:
+    def open_log(self, store_id: str) -> QueueLog:
         log = QueueLog(
-            self.directory / queue_dir_name(vhost, queue),
+            self.directory / store_id,
             self.segment_max_bytes,
             on_change=self._mark_dirty,
         )

@@ -24,7 +24,7 @@ import pika.exceptions
 import pytest
 from helpers.server_process import Server
 
-from amqpy.store.message_store import queue_dir_name
+from amqpy.store.message_store import find_queue_dir
 from amqpy.store.queue_log import FILE_HEADER, FORMAT_VERSION, RECORD_HEAD
 
 pytestmark = pytest.mark.crash
@@ -227,7 +227,7 @@ def test_a_damaged_segment_tail_is_cut_and_what_precedes_it_kept(
     server.process.send_signal(signal.SIGKILL)
     server.wait_exit()
 
-    queue_dir = data_dir / "msgs" / queue_dir_name("/", QUEUE)
+    queue_dir = find_queue_dir(data_dir, "/", QUEUE)
     segments = sorted(queue_dir.glob("msgs.*"))
     assert len(segments) >= 3
     newest = segments[-1]
@@ -312,10 +312,10 @@ def test_a_newer_log_file_stops_the_broker_before_anything_is_repaired(
     server.wait_exit()
     # The first queue has a torn tail (recovery would cut it); the second
     # queue's segment is from a newer amqpy.
-    torn = data_dir / "msgs" / queue_dir_name("/", "first") / "msgs.0000000001"
+    torn = find_queue_dir(data_dir, "/", "first") / "msgs.0000000001"
     with open(torn, "ab") as file:
         file.write(b"\x00\x00\x01")
-    newer = data_dir / "msgs" / queue_dir_name("/", "second") / "msgs.0000000001"
+    newer = find_queue_dir(data_dir, "/", "second") / "msgs.0000000001"
     newer.write_bytes(
         FILE_HEADER.pack(b"AMQPYMSG", FORMAT_VERSION + 1)
         + newer.read_bytes()[FILE_HEADER.size :]

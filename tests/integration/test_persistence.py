@@ -14,7 +14,7 @@ import pytest
 from helpers.server_process import Server
 
 from amqpy.server.embedded import EmbeddedBroker
-from amqpy.store.message_store import queue_dir_name
+from amqpy.store.message_store import find_queue_dir
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, headers={"h": 1}, priority=3)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -188,9 +188,10 @@ def test_disk_use_stays_bounded_under_steady_publish_and_ack(
 ) -> None:
     segment = 65536
     broker = make_broker(store={"segment_max_bytes": segment})
-    folder = Path(broker.config.store.data_dir) / "msgs" / queue_dir_name("/", "q")
     channel = connect(broker.port).channel()
     channel.queue_declare("q", durable=True)
+    # declare-ok comes once the definitions (with the queue's folder) are saved.
+    folder = find_queue_dir(Path(broker.config.store.data_dir), "/", "q")
     channel.basic_qos(prefetch_count=1000)
     deliveries = channel.consume("q", inactivity_timeout=10)
     padding = bytes(1016)
@@ -216,3 +217,20 @@ def test_disk_use_stays_bounded_under_steady_publish_and_ack(
     assert usage[0] <= 1, usage
     assert usage[1] <= 2 * segment, usage
     channel.connection.close()
+
+
+def test_deleted_queue_messages_never_come_back_in_its_successor(
+    start: Callable[[], Server],
+) -> None:
+    server = start()
+    channel = connect(server.port).channel()
+    channel.confirm_delivery()
+    channel.queue_declare("q", durable=True)
+    channel.basic_publish("", "q", b"old", PERSISTENT)
+    channel.queue_delete("q")
+    channel.queue_declare("q", durable=True)  # a new folder, whatever the timing
+    stop(server, "SIGKILL")
+
+    restarted = start()
+    channel = connect(restarted.port).channel()
+    assert channel.queue_declare("q", passive=True).method.message_count == 0

@@ -320,11 +320,11 @@ def test_a_queue_deleted_and_declared_again_within_one_commit_keeps_new_messages
     # the next batch then holds both the old folder's removal and the new
     # queue's first writes.
     store = MessageStore(tmp_path, SEGMENT)
-    old = store.open_log("/", "q")
+    old = store.open_log("q")
     append(old, msg(1, b"old"))
     store.take_batch()[0].run()
     old.destroy()
-    new = store.open_log("/", "q")
+    new = store.open_log("q")
     append(new, msg(1, b"new"))
     batch, _ = store.take_batch()
     batch.run()
