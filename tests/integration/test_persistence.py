@@ -234,3 +234,48 @@ def test_deleted_queue_messages_never_come_back_in_its_successor(
     restarted = start()
     channel = connect(restarted.port).channel()
     assert channel.queue_declare("q", passive=True).method.message_count == 0
+
+
+def test_aio_pika_confirmed_messages_survive_kill(start: Callable[[], Server]) -> None:
+    import asyncio
+
+    import aio_pika
+
+    server = start()
+    url = f"amqp://guest:guest@127.0.0.1:{server.port}/"
+
+    async def publish() -> None:
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue("aq", durable=True)
+        for index in range(50):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    str(index).encode(),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers={"n": index},
+                ),
+                routing_key="aq",
+            )
+        # Every publish above returned only after its confirm.
+        await connection.close()
+
+    asyncio.run(asyncio.wait_for(publish(), 30))
+    stop(server, "SIGKILL")
+    restarted = start()
+
+    async def consume() -> list[tuple[bytes, object, bool]]:
+        connection = await aio_pika.connect(
+            f"amqp://guest:guest@127.0.0.1:{restarted.port}/"
+        )
+        channel = await connection.channel()
+        queue = await channel.declare_queue("aq", durable=True)
+        got = []
+        while (message := await queue.get(fail=False)) is not None:
+            got.append((message.body, message.headers.get("n"), message.redelivered))
+            await message.ack()
+        await connection.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(consume(), 30))
+    assert got == [(str(i).encode(), i, True) for i in range(50)]
