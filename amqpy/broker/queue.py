@@ -120,6 +120,9 @@ class Queue:
         self._next_seq = 0
         self._had_consumer = False
         self._dispatching = False
+        # The message being enqueued: a waiting consumer gets it whatever its
+        # TTL, as RabbitMQ hands a publish to a consumer before enqueueing it.
+        self._arriving: QueueEntry | None = None
         # Called when an auto-delete queue loses its last consumer, and when
         # an x-expires queue has been unused for its TTL.
         self._on_unused = on_unused
@@ -205,7 +208,11 @@ class Queue:
         self.messages.append(entry)
         self.ready_bytes += len(message.body)
         if self.consumers:
-            self.dispatch()
+            self._arriving = entry
+            try:
+                self.dispatch()
+            finally:
+                self._arriving = None
         if ttl == 0 and self.messages and self.messages[-1] is entry:
             # TTL 0: delivered at once or never (RabbitMQ expires it now).
             self.messages.pop()
@@ -436,12 +443,17 @@ class Queue:
                     return  # every consumer is full; an ack or drain wakes us
                 entry = messages.popleft()
                 self.ready_bytes -= len(entry.message.body)
-                if entry.expires_at is not None and entry.expires_at <= self._now():
+                if (
+                    entry.expires_at is not None
+                    and entry is not self._arriving
+                    and entry.expires_at <= self._now()
+                ):
                     self._expired([entry])  # expired messages are never delivered
                     continue
                 delivered = True
                 consumer.channel.deliver(consumer, entry)
         finally:
             self._dispatching = False
-            if delivered and self._expiry_timer is not None:
+            if delivered:
+                # The new head may have a TTL even when the old one had none.
                 self._schedule_expiry()
