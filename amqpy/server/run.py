@@ -126,7 +126,6 @@ class BrokerServer:
             except (OSError, ValueError) as error:
                 raise StartupError(f"cannot load {load_path}: {error}") from error
             LOGGER.info("imported definitions from %s", load_path)
-        LOGGER.info("recovered %d persistent messages", message_count)
         LOGGER.info(
             "recovered %d exchanges, %d queues, %d bindings from %s",
             len(definitions.get("exchanges", [])),
@@ -134,6 +133,7 @@ class BrokerServer:
             len(definitions.get("bindings", [])),
             self._definitions.path,
         )
+        LOGGER.info("recovered %d persistent messages", message_count)
 
     def _mark_definitions_changed(self) -> None:
         self.definitions_generation += 1
