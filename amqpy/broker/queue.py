@@ -9,12 +9,12 @@ their connection's output; nothing is awaited per message.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amqpy.broker.dead_letter import EXPIRED, MAXLEN
+from amqpy.broker.ready import FifoMessages, PriorityMessages
 from amqpy.broker.timers import Scheduler, Timer
 from amqpy.model.message import Message
 from amqpy.store.queue_log import QueueLog, StoredMessage
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class QueueEntry:
     """A message's place in one queue; `seq` orders requeues."""
 
-    __slots__ = ("expires_at", "message", "persisted", "redelivered", "seq")
+    __slots__ = ("expires_at", "message", "persisted", "priority", "redelivered", "seq")
 
     def __init__(self, message: Message, seq: int, redelivered: bool = False) -> None:
         self.message = message
@@ -34,6 +34,7 @@ class QueueEntry:
         self.redelivered = redelivered
         self.persisted = False  # in the queue's log until settled
         self.expires_at: float | None = None  # monotonic seconds (message TTL)
+        self.priority = 0  # the message's priority, in a priority queue
 
 
 class Consumer:
@@ -43,6 +44,7 @@ class Consumer:
         "exclusive",
         "no_ack",
         "prefetch_count",
+        "priority",
         "queue",
         "tag",
         "unacked",
@@ -67,6 +69,8 @@ class Consumer:
         self.prefetch_count = prefetch_count
         self.arguments = dict(arguments or {})
         self.unacked = 0
+        priority = self.arguments.get("x-priority", 0)
+        self.priority = priority if isinstance(priority, int) else 0
 
 
 def _int_argument(arguments: Mapping[str, Any], key: str) -> int | None:
@@ -109,7 +113,10 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments: dict[str, Any] = dict(arguments or {})
-        self.messages: deque[QueueEntry] = deque()
+        self.max_priority = _int_argument(self.arguments, "x-max-priority") or 0
+        self.messages: FifoMessages | PriorityMessages = (
+            PriorityMessages(self.max_priority) if self.max_priority else FifoMessages()
+        )
         self.consumers: deque[Consumer] = deque()
         self.unacked_count = 0
         self.ready_bytes = 0  # body bytes of the ready messages
@@ -138,6 +145,8 @@ class Queue:
         self.dead_letter_routing_key = _str_argument(
             arguments, "x-dead-letter-routing-key"
         )
+        self.single_active_consumer = arguments.get("x-single-active-consumer") is True
+        self._consumer_priorities = False  # some consumer has x-priority != 0
         self._expiry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
         self.touch()
@@ -192,6 +201,8 @@ class Queue:
             return False
         self._next_seq += 1
         entry = QueueEntry(message, self._next_seq)
+        if self.max_priority:
+            entry.priority = message.priority
         log = self.log
         if log is not None and message.persistent:
             log.append(
@@ -213,9 +224,8 @@ class Queue:
                 self.dispatch()
             finally:
                 self._arriving = None
-        if ttl == 0 and self.messages and self.messages[-1] is entry:
+        if ttl == 0 and self.messages.remove_tail(entry):
             # TTL 0: delivered at once or never (RabbitMQ expires it now).
-            self.messages.pop()
             self.ready_bytes -= len(message.body)
             self._expired([entry])
         if self.max_length is not None or self.max_length_bytes is not None:
@@ -343,6 +353,8 @@ class Queue:
                 redelivered=True,
             )
             entry.persisted = True
+            if self.max_priority:
+                entry.priority = entry.message.priority
             self.messages.append(entry)
             self.ready_bytes += len(stored.body)
             self._next_seq = max(self._next_seq, stored.seq)
@@ -357,14 +369,7 @@ class Queue:
         for entry in returning:
             entry.redelivered = True
             self.ready_bytes += len(entry.message.body)
-        messages = self.messages
-        if not messages or returning[-1].seq < messages[0].seq:
-            messages.extendleft(reversed(returning))
-        else:
-            # Both runs are sorted by seq: a linear merge, not a sort.
-            self.messages = deque(
-                heapq.merge(messages, returning, key=lambda entry: entry.seq)
-            )
+        self.messages.requeue(returning)
         if self.overflow == "drop-head" and (
             self.max_length is not None or self.max_length_bytes is not None
         ):
@@ -402,6 +407,8 @@ class Queue:
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
+        if consumer.priority:
+            self._consumer_priorities = True
         self._had_consumer = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -413,6 +420,7 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        self._consumer_priorities = any(other.priority for other in self.consumers)
         if not self.consumers:
             self.touch()
         if (
@@ -424,6 +432,21 @@ class Queue:
         ):
             self._on_unused(self)
 
+    def _next_by_priority(self) -> Consumer | None:
+        """The highest-priority consumer with room; round-robin among equals
+        (RabbitMQ's consumer priorities: lower ones get messages only while
+        higher ones are full)."""
+        best: Consumer | None = None
+        for consumer in self.consumers:  # in round-robin order
+            if (best is None or consumer.priority > best.priority) and (
+                consumer.channel.can_deliver(consumer)
+            ):
+                best = consumer
+        if best is not None:
+            self.consumers.remove(best)
+            self.consumers.append(best)
+        return best
+
     def dispatch(self) -> None:
         """Deliver ready messages to consumers with room for them."""
         if self._dispatching or self.deleted:
@@ -434,13 +457,25 @@ class Queue:
             messages = self.messages
             consumers = self.consumers
             while messages and consumers:
-                for _ in range(len(consumers)):
+                if self.single_active_consumer:
+                    # Only the first consumer receives; the next takes over
+                    # when it goes.
                     consumer = consumers[0]
-                    consumers.rotate(-1)
-                    if consumer.channel.can_deliver(consumer):
-                        break
+                    if not consumer.channel.can_deliver(consumer):
+                        return
+                elif self._consumer_priorities:
+                    found = self._next_by_priority()
+                    if found is None:
+                        return
+                    consumer = found
                 else:
-                    return  # every consumer is full; an ack or drain wakes us
+                    for _ in range(len(consumers)):
+                        consumer = consumers[0]
+                        consumers.rotate(-1)
+                        if consumer.channel.can_deliver(consumer):
+                            break
+                    else:
+                        return  # every consumer is full; an ack or drain wakes us
                 entry = messages.popleft()
                 self.ready_bytes -= len(entry.message.body)
                 if (

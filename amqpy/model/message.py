@@ -173,5 +173,13 @@ class Message:
         return parse_expiration(value)
 
     @property
+    def priority(self) -> int:
+        """The priority property (0 when absent or unreadable)."""
+        try:
+            return self.properties.priority or 0
+        except ValueError:
+            return 0
+
+    @property
     def size(self) -> int:
         return len(self.body)
