@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from amqpy.broker.policy import Policy
 from amqpy.broker.timers import Scheduler
 from amqpy.broker.vhost import VHost, export_definitions, import_definitions
 from amqpy.store.queue_log import QueueLog
@@ -82,6 +83,18 @@ class Broker:
             definitions[key] = list(entries)
         return definitions
 
+    def apply_policies(self, entries: list[Any]) -> None:
+        """Policies from definitions entries, applied per vhost (kept for export).
+
+        Raises:
+            ValueError: a malformed policy.
+        """
+        policies = [Policy.from_definition(entry) for entry in entries]
+        self.kept_definitions["policies"] = list(entries)
+        for name, vhost in self.vhosts.items():
+            vhost.set_policies([policy for policy in policies if policy.vhost == name])
+        self._on_durable_change()
+
     def recover_messages(self) -> int:
         """Load every durable queue's unacked persistent messages.
 
@@ -131,6 +144,8 @@ class Broker:
             raise ValueError(f"malformed definitions: {error!r}") from error
         for name in names:
             self.add_vhost(name)
+        if "policies" in self.kept_definitions:
+            self.apply_policies(self.kept_definitions["policies"])
         for name, vhost in self.vhosts.items():
             import_definitions(
                 vhost,

@@ -40,6 +40,7 @@ class Exchange:
         # destination -> (binding key, frozen arguments) -> arguments
         self.bindings: dict[object, dict[tuple[str, Any], dict[str, Any]]] = {}
         self.deleted = False
+        self.policy_alternate_exchange: str | None = None
         # How many destinations are exchanges (routing must follow them).
         self.exchange_destinations = 0
 
@@ -48,10 +49,11 @@ class Exchange:
 
     @property
     def alternate_exchange(self) -> str | None:
+        """The argument's alternate exchange, else its policy's."""
         value = self.arguments.get("alternate-exchange")
         if isinstance(value, bytes | bytearray):
             return bytes(value).decode("utf-8", "replace")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) else self.policy_alternate_exchange
 
     def validate_binding(self, binding_key: str, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError (with RabbitMQ's text) for a binding this type refuses."""

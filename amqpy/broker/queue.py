@@ -135,21 +135,32 @@ class Queue:
         self._on_unused = on_unused
         self._scheduler = scheduler
         self._on_dead_letter = on_dead_letter
-        arguments = self.arguments
-        self.message_ttl_ms = _int_argument(arguments, "x-message-ttl")
-        self.max_length = _int_argument(arguments, "x-max-length")
-        self.max_length_bytes = _int_argument(arguments, "x-max-length-bytes")
-        self.overflow = _str_argument(arguments, "x-overflow") or "drop-head"
-        self.expires_ms = _int_argument(arguments, "x-expires")
-        self.dead_letter_exchange = _str_argument(arguments, "x-dead-letter-exchange")
-        self.dead_letter_routing_key = _str_argument(
-            arguments, "x-dead-letter-routing-key"
+        self.single_active_consumer = (
+            self.arguments.get("x-single-active-consumer") is True
         )
-        self.single_active_consumer = arguments.get("x-single-active-consumer") is True
         self._consumer_priorities = False  # some consumer has x-priority != 0
         self._expiry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
+        self.configure(self.arguments)
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        """Apply the arguments in force (the queue's own, merged with its
+        policy). Messages already queued keep their expiry; a lower length
+        limit drops (or dead-letters) from the head at once."""
+        self.message_ttl_ms = _int_argument(settings, "x-message-ttl")
+        self.max_length = _int_argument(settings, "x-max-length")
+        self.max_length_bytes = _int_argument(settings, "x-max-length-bytes")
+        self.overflow = _str_argument(settings, "x-overflow") or "drop-head"
+        self.expires_ms = _int_argument(settings, "x-expires")
+        self.dead_letter_exchange = _str_argument(settings, "x-dead-letter-exchange")
+        self.dead_letter_routing_key = _str_argument(
+            settings, "x-dead-letter-routing-key"
+        )
         self.touch()
+        if self.overflow == "drop-head" and (
+            self.max_length is not None or self.max_length_bytes is not None
+        ):
+            self._drop_head_over_limit()
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in {self.vhost_name!r}>"

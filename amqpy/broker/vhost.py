@@ -26,9 +26,20 @@ from amqpy.broker.exchange import (
     DefaultExchange,
     Exchange,
 )
+from amqpy.broker.policy import (
+    Policy,
+    alternate_exchange,
+    effective_policy,
+    queue_settings,
+)
 from amqpy.broker.queue import Queue, QueueEntry
 from amqpy.broker.timers import Scheduler
-from amqpy.model.message import Message
+from amqpy.model.message import (
+    REPLY_TO_PREFIX,
+    Message,
+    header_routes,
+    with_routing_key,
+)
 from amqpy.store.definitions import STORE_ID_KEY
 from amqpy.store.message_store import new_store_id
 from amqpy.store.queue_log import QueueLog
@@ -88,6 +99,9 @@ class VHost:
         # exchanges that have bindings to a destination (queue or exchange)
         self._sources: dict[object, set[Exchange]] = {}
         self._exclusive: dict[object, set[Queue]] = {}
+        self.policies: list[Policy] = []
+        # Direct reply-to: token -> delivers a reply to that channel's consumer.
+        self.reply_consumers: dict[str, Callable[[Message], None]] = {}
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
             self.exchanges[exchange_name] = EXCHANGE_TYPES[type_name](
                 exchange_name, durable=True
@@ -176,6 +190,7 @@ class VHost:
             arguments=arguments,
         )
         self.exchanges[name] = exchange
+        self._apply_exchange_policy(exchange)
         if durable:
             self._on_durable_change()
         return exchange
@@ -383,7 +398,7 @@ class VHost:
         arguments: dict[str, Any],
         exclusive_owner: object | None = None,
     ) -> Queue:
-        return Queue(
+        queue = Queue(
             name,
             self.name,
             durable=durable,
@@ -394,6 +409,25 @@ class VHost:
             scheduler=self._scheduler,
             on_dead_letter=self._dead_letter,
         )
+        policy = effective_policy(self.policies, name, "queues")
+        if policy is not None:
+            queue.configure(queue_settings(arguments, policy))
+        return queue
+
+    def set_policies(self, policies: list[Policy]) -> None:
+        """Replace the vhost's policies and apply them to what exists."""
+        self.policies = policies
+        for queue in list(self.queues.values()):
+            policy = effective_policy(policies, queue.name, "queues")
+            queue.configure(queue_settings(queue.arguments, policy))
+        for exchange in self.exchanges.values():
+            self._apply_exchange_policy(exchange)
+
+    def _apply_exchange_policy(self, exchange: Exchange) -> None:
+        if exchange.name:
+            exchange.policy_alternate_exchange = alternate_exchange(
+                effective_policy(self.policies, exchange.name, "exchanges")
+            )
 
     def _dead_letter(
         self, queue: Queue, entries: list[QueueEntry], reason: str
@@ -412,7 +446,13 @@ class VHost:
                     exchange_name=exchange.name,
                     routing_key=queue.dead_letter_routing_key,
                 )
-                targets = self.route(exchange, message)
+                extra_keys = None
+                if queue.dead_letter_routing_key is None:
+                    # Routed by the original key plus its CC/BCC keys.
+                    headers = message.headers
+                    if headers is not None:
+                        extra_keys = header_routes(headers)
+                targets = self.route(exchange, message, extra_keys)
             except ValueError:
                 continue  # unreadable properties: RabbitMQ could not either
             for target in targets:
@@ -553,9 +593,26 @@ class VHost:
             )
         return exchange
 
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+    def route(
+        self,
+        exchange: Exchange,
+        message: Message,
+        extra_keys: list[str] | None = None,
+    ) -> list[Queue]:
         """Every queue the message reaches, through exchange-to-exchange
-        bindings and alternate exchanges, each queue once."""
+        bindings and alternate exchanges, each queue once. `extra_keys` are
+        the CC/BCC keys: the message is routed by each of them too. Default
+        exchange keys naming a direct reply-to consumer deliver to it at once
+        (as rabbit_exchange:route does; they do not count as routed)."""
+        if extra_keys:
+            return self._route_keys(exchange, message, extra_keys)
+        if (
+            exchange is self.default_exchange
+            and self.reply_consumers
+            and message.routing_key.startswith(REPLY_TO_PREFIX)
+        ):
+            self._deliver_reply(message.routing_key, message)
+            return []
         first = exchange.route(message)
         if not exchange.exchange_destinations:
             # The common case: every destination is a queue.
@@ -584,6 +641,52 @@ class VHost:
                 elif isinstance(destination, Exchange) and destination not in visited:
                     visited.add(destination)
                     pending.append((destination, destination.route(message)))
+        return list(queues)
+
+    def _deliver_reply(self, routing_key: str, message: Message) -> None:
+        deliver = self.reply_consumers.get(routing_key[len(REPLY_TO_PREFIX) :])
+        if deliver is not None:
+            deliver(message)
+
+    def _route_keys(
+        self, exchange: Exchange, message: Message, extra_keys: list[str]
+    ) -> list[Queue]:
+        """route() by the message's key and every extra key, each key once
+        (rabbit_exchange:route with several routing keys)."""
+        keys = [message.routing_key]
+        for key in extra_keys:
+            if key not in keys:
+                keys.append(key)
+        views = [with_routing_key(message, key) for key in keys]
+        queues: dict[Queue, None] = {}
+        visited: set[Exchange] = {exchange}
+        pending: list[Exchange] = [exchange]
+        while pending:
+            current = pending.pop()
+            destinations: dict[object, None] = {}
+            for view in views:
+                if current is self.default_exchange and view.routing_key.startswith(
+                    REPLY_TO_PREFIX
+                ):
+                    self._deliver_reply(view.routing_key, message)
+                    continue
+                destinations.update(dict.fromkeys(current.route(view)))
+            if not destinations:
+                alternate = self.exchanges.get(current.alternate_exchange or "")
+                if (
+                    current.alternate_exchange
+                    and alternate is not None
+                    and alternate not in visited
+                ):
+                    visited.add(alternate)
+                    pending.append(alternate)
+                continue
+            for destination in destinations:
+                if isinstance(destination, Queue):
+                    queues[destination] = None
+                elif isinstance(destination, Exchange) and destination not in visited:
+                    visited.add(destination)
+                    pending.append(destination)
         return list(queues)
 
 
@@ -670,13 +773,14 @@ def import_definitions(
                 raise ValueError(
                     f"exchange '{name}': unknown type {entry.get('type')!r}"
                 )
-            vhost.exchanges[name] = exchange_type(
+            exchange = vhost.exchanges[name] = exchange_type(
                 name,
                 durable=bool(entry.get("durable", True)),
                 auto_delete=bool(entry.get("auto_delete", False)),
                 internal=bool(entry.get("internal", False)),
                 arguments=dict(entry.get("arguments") or {}),
             )
+            vhost._apply_exchange_policy(exchange)
         for entry in queues:
             name = str(entry["name"])
             if name in vhost.queues:

@@ -183,3 +183,41 @@ class Message:
     @property
     def size(self) -> int:
         return len(self.body)
+
+
+# Sender-selected distribution: headers whose arrays of longstr add routing keys.
+ROUTING_HEADERS = ("CC", "BCC")
+# Direct reply-to: the pseudo-queue and the prefix of the names it hands out.
+REPLY_TO_QUEUE = "amq.rabbitmq.reply-to"
+REPLY_TO_PREFIX = REPLY_TO_QUEUE + "."
+
+
+def header_routes(headers: dict[str, Any]) -> list[str]:
+    """The extra routing keys in the CC and BCC headers
+    (rabbit_basic:header_routes/1: non-longstr array items are skipped).
+
+    Raises:
+        ValueError: a header is not an array, with RabbitMQ's reason text
+            ('{unacceptable_type_in_header,"CC",longstr}').
+    """
+    from amqpy.broker.arguments import amqp_type_name
+
+    routes: list[str] = []
+    for key in ROUTING_HEADERS:
+        if key not in headers:
+            continue
+        value = headers[key]
+        if not isinstance(value, list):
+            raise ValueError(
+                f'{{unacceptable_type_in_header,"{key}",{amqp_type_name(value)}}}'
+            )
+        routes.extend(item for item in value if isinstance(item, str))
+    return routes
+
+
+def with_routing_key(message: Message, routing_key: str) -> Message:
+    """A view of `message` routed by another key (its decoded properties
+    shared), for routing by CC/BCC keys."""
+    view = Message(message.exchange, routing_key, message.properties_raw, message.body)
+    view._properties = message._properties
+    return view

@@ -4,6 +4,7 @@ channel's consumers."""
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -12,15 +13,23 @@ import attrs
 from pamqp import base as pamqp_base
 from pamqp import commands
 
-from amqpy.broker.channel import Channel, Unacked
+from amqpy.broker.channel import Channel, Unacked, generate_name
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
+    NotAllowedError,
     NotFoundError,
     PreconditionFailedError,
 )
 from amqpy.broker.exchange import Exchange
 from amqpy.broker.queue import Queue
-from amqpy.model.message import Message, expiration_error_text
+from amqpy.model.message import (
+    REPLY_TO_PREFIX,
+    REPLY_TO_QUEUE,
+    Message,
+    decode_properties,
+    expiration_error_text,
+    header_routes,
+)
 from amqpy.protocol import frames
 from amqpy.protocol.events import ContentReceived
 from amqpy.reply_code import ReplyCode
@@ -72,6 +81,9 @@ class ChannelHandler:
         # The open transaction's publishes and acks, once tx.select was seen.
         self.tx: list[TxPublish | TxAck] | None = None
         self.last_queue_name: str | None = None
+        # Direct reply-to: the consumer tag and the token of this channel's
+        # consumer of amq.rabbitmq.reply-to (RabbitMQ's reply_consumer).
+        self.reply_consumer: tuple[str, str] | None = None
 
     # -- DeliverySink ----------------------------------------------------------
 
@@ -103,6 +115,21 @@ class ChannelHandler:
             )
         )
 
+    def deliver_reply(self, message: Message) -> None:
+        """A direct reply-to response: straight to the reply consumer, no
+        queue, no ack (rabbit_channel's deliver_reply)."""
+        if self.reply_consumer is None:
+            return
+        # RabbitMQ 3.10 sends the channel's next delivery tag without using
+        # it up: the next delivery or basic.get repeats it (no ack needed).
+        delivery_tag = self.channel._next_delivery_tag
+        self.deliver(self.reply_consumer[0], delivery_tag, False, message)
+
+    def _drop_reply_consumer(self) -> None:
+        if self.reply_consumer is not None:
+            self.vhost.reply_consumers.pop(self.reply_consumer[1], None)
+            self.reply_consumer = None
+
     def consumer_cancelled(self, consumer_tag: str) -> None:
         if self.connection.client_capability("consumer_cancel_notify"):
             self.send(commands.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
@@ -133,6 +160,7 @@ class ChannelHandler:
                 ]
             )
             self.tx = None
+        self._drop_reply_consumer()
         self.channel.close()
         self._pending_replies.clear()
         self.connection.server.awaiting_confirms.discard(self)
@@ -192,6 +220,10 @@ class ChannelHandler:
     # -- queue -----------------------------------------------------------------
 
     def on_queue_declare(self, method: commands.Queue.Declare) -> None:
+        if method.queue.startswith(REPLY_TO_QUEUE) and self._declare_reply_queue(
+            method
+        ):
+            return
         queue = self.vhost.declare_queue(
             method.queue,
             owner=self.connection,
@@ -211,6 +243,23 @@ class ChannelHandler:
                     queue.consumer_count,
                 )
             )
+
+    def _declare_reply_queue(self, method: commands.Queue.Declare) -> bool:
+        """RabbitMQ answers declare-ok (0 messages, 1 consumer) for the
+        direct reply-to pseudo-queue, and for a reply-to name whose consumer
+        is alive (passive or not), 404 for another reply-to name. False: not
+        such a declare."""
+        name = method.queue
+        if name != REPLY_TO_QUEUE:
+            if not name.startswith(REPLY_TO_PREFIX):
+                return False
+            if name[len(REPLY_TO_PREFIX) :] not in self.vhost.reply_consumers:
+                raise NotFoundError(f"no queue '{name}' in vhost '{self.vhost.name}'")
+        if not method.nowait:
+            self.connection.send_raw(
+                frames.encode_queue_declare_ok(self.channel_id, name, 0, 1)
+            )
+        return True
 
     def on_queue_bind(self, method: commands.Queue.Bind) -> None:
         queue_name = self._queue_name(method.queue)
@@ -269,6 +318,9 @@ class ChannelHandler:
         self.channel.qos(method.prefetch_count, method.global_)
 
     def on_basic_consume(self, method: commands.Basic.Consume) -> None:
+        if method.queue == REPLY_TO_QUEUE:
+            self._consume_replies(method)
+            return
         queue = self.vhost.get_queue(
             self._queue_name(method.queue), owner=self.connection
         )
@@ -283,7 +335,32 @@ class ChannelHandler:
             self.send(commands.Basic.ConsumeOk(consumer_tag=consumer.tag))
         self.channel.start(consumer)
 
+    def _consume_replies(self, method: commands.Basic.Consume) -> None:
+        """basic.consume of amq.rabbitmq.reply-to, as rabbit_channel does it."""
+        if method.consumer_tag and method.consumer_tag in self.channel.consumers:
+            raise NotAllowedError(
+                f"attempt to reuse consumer tag '{method.consumer_tag}'"
+            )
+        if not method.no_ack:
+            raise PreconditionFailedError("reply consumer cannot acknowledge")
+        if self.reply_consumer is not None:
+            raise PreconditionFailedError("reply consumer already set")
+        tag = method.consumer_tag or generate_name("amq.ctag-")
+        token = secrets.token_urlsafe(24)
+        self.reply_consumer = (tag, token)
+        self.vhost.reply_consumers[token] = self.deliver_reply
+        if not method.nowait:
+            self.send(commands.Basic.ConsumeOk(consumer_tag=tag))
+
     def on_basic_cancel(self, method: commands.Basic.Cancel) -> None:
+        if (
+            self.reply_consumer is not None
+            and method.consumer_tag == self.reply_consumer[0]
+        ):
+            self._drop_reply_consumer()
+            if not method.nowait:
+                self.send(commands.Basic.CancelOk(consumer_tag=method.consumer_tag))
+            return
         # Send cancel-ok first: cancelling may delete an auto-delete queue,
         # and the client must not see that queue's effects before the ok.
         if not method.nowait:
@@ -448,8 +525,11 @@ class ChannelHandler:
         self, exchange: Exchange, content: ContentReceived
     ) -> tuple[Message, list[Queue]]:
         """The message and the queues it routes to (it may be refused: 406)."""
+        properties_raw = content.properties_raw
+        if properties_raw and properties_raw[0] & 0x02:  # reply-to flag (0x0200)
+            properties_raw = self._fast_reply_to(properties_raw)
         message = Message(
-            content.exchange, content.routing_key, content.properties_raw, content.body
+            content.exchange, content.routing_key, properties_raw, content.body
         )
         try:
             message.expiration_ms  # noqa: B018 - reading it validates it
@@ -457,10 +537,53 @@ class ChannelHandler:
             raise PreconditionFailedError(
                 expiration_error_text(message.properties.expiration or "", str(error))
             ) from error
+        extra_keys = None
+        if properties_raw and properties_raw[0] & 0x20:  # headers flag (0x2000)
+            message, extra_keys = self._sender_selected(message)
         try:
-            return message, self.vhost.route(exchange, message)
+            return message, self.vhost.route(exchange, message, extra_keys)
         except ValueError as error:  # properties a headers exchange could not read
             raise PreconditionFailedError(str(error)) from error
+
+    def _fast_reply_to(self, properties_raw: bytes) -> bytes:
+        """reply_to=amq.rabbitmq.reply-to becomes this channel's reply-to
+        name (rabbit_channel:maybe_set_fast_reply_to)."""
+        try:
+            properties = decode_properties(properties_raw)
+        except ValueError:
+            return properties_raw  # refused later, as any unreadable header
+        if properties.reply_to != REPLY_TO_QUEUE:
+            return properties_raw
+        if self.reply_consumer is None:
+            raise PreconditionFailedError("fast reply consumer does not exist")
+        properties.reply_to = REPLY_TO_PREFIX + self.reply_consumer[1]
+        return properties.marshal()
+
+    @staticmethod
+    def _sender_selected(message: Message) -> tuple[Message, list[str] | None]:
+        """The CC/BCC routing keys, and the message without its BCC header."""
+        try:
+            headers = message.headers
+        except ValueError:
+            return message, None  # the routing step reports it
+        if not headers or ("CC" not in headers and "BCC" not in headers):
+            return message, None
+        try:
+            extra_keys = header_routes(headers)
+        except ValueError as error:
+            raise PreconditionFailedError(f"invalid message: {error}") from error
+        if "BCC" in headers:
+            properties = decode_properties(message.properties_raw)
+            properties.headers = {
+                key: value for key, value in headers.items() if key != "BCC"
+            }
+            message = Message(
+                message.exchange,
+                message.routing_key,
+                properties.marshal(),
+                message.body,
+            )
+        return message, extra_keys
 
     def _deliver(
         self, message: Message, queues: list[Queue], content: ContentReceived
@@ -481,8 +604,8 @@ class ChannelHandler:
                 )
                 + frames.encode_content(
                     self.channel_id,
-                    content.properties_raw,
-                    content.body,
+                    message.properties_raw,
+                    message.body,
                     self.connection.frame_max,
                 )
             )

@@ -249,11 +249,6 @@ def test_without_a_dead_letter_key_the_cc_header_stays(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amqpy has no sender-selected distribution: CC/BCC keys do not route "
-    "(at publish or when dead-lettering) and BCC is not removed at publish",
-)
 def test_cc_and_bcc_route_the_dead_lettered_copy(
     channel: Channel, names: Callable[[str], str]
 ) -> None:
