@@ -73,6 +73,10 @@ class Consumer:
         self.priority = priority if isinstance(priority, int) else 0
 
 
+# Expired messages removed per timer callback before yielding to other work.
+EXPIRY_BATCH = 5000
+
+
 def _int_argument(arguments: Mapping[str, Any], key: str) -> int | None:
     value = arguments.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -260,6 +264,8 @@ class Queue:
             dropped.append(entry)
         if dropped:
             self.discard(dropped, MAXLEN)
+            # The new head may have expired while it waited behind the old.
+            self.expire_head()
             self._schedule_expiry()
 
     def _now(self) -> float:
@@ -284,24 +290,37 @@ class Queue:
 
     def _on_expiry(self) -> None:
         self._expiry_timer = None
-        self.expire_head()
+        if self.expire_head(EXPIRY_BATCH) and self._scheduler is not None:
+            # More are due: carry on in a fresh timer, letting other work run
+            # in between, so a million expiring messages never stall the loop.
+            self._expiry_timer = self._scheduler.call_at(self._now(), self._on_expiry)
+            return
         self._schedule_expiry()
 
-    def expire_head(self) -> None:
-        """Remove the expired messages at the head (and dead-letter them)."""
+    def expire_head(self, limit: int | None = None) -> bool:
+        """Remove the expired messages at the head (and dead-letter them), at
+        most `limit` of them; True when expired ones are left at the head."""
         messages = self.messages
         if not messages or messages[0].expires_at is None or self._scheduler is None:
-            return
+            return False
         now = self._now()
         expired = []
         while messages and messages[0].expires_at is not None:
             if messages[0].expires_at > now:
+                break
+            if limit is not None and len(expired) >= limit:
                 break
             entry = messages.popleft()
             self.ready_bytes -= len(entry.message.body)
             expired.append(entry)
         if expired:
             self._expired(expired)
+        head = messages[0] if messages else None
+        return (
+            head is not None
+            and head.expires_at is not None
+            and (head.expires_at <= now)
+        )
 
     def _expired(self, entries: list[QueueEntry]) -> None:
         self.discard(entries, EXPIRED)
