@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import platform
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -190,22 +191,13 @@ class ConnectionHandler:
         receive_size = self.config.limits.receive_size_bytes
         stream = self.stream
         while True:
-            if self._close_deadline is not None:
-                timeout = self._close_deadline - trio.current_time()
-                if timeout <= 0:
-                    return
-                with trio.move_on_after(timeout):
-                    data = await stream.receive_some(receive_size)
-                    if not data:
-                        return
-                    self.last_received = trio.current_time()
-                    self.protocol.receive_data(data)
-                    self._process_events()
-                    if self.protocol.state is ConnectionState.CLOSED:
-                        return
-                continue
-            data = await stream.receive_some(receive_size)
-            if not data:
+            # Once we have sent connection.close, only close-ok is awaited,
+            # and only until the close timeout.
+            deadline = self._close_deadline
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                data = await stream.receive_some(receive_size)
+                deadline = None
+            if deadline is not None or not data:
                 return
             self.last_received = trio.current_time()
             self.protocol.receive_data(data)
@@ -218,6 +210,8 @@ class ConnectionHandler:
                 self._process_events()
             if self.protocol.state is ConnectionState.CLOSED:
                 return
+            if self._close_deadline is not None:
+                continue
             if self.protocol.pending_output >= self._high_water:
                 # The client is not reading what we send (replies, confirms):
                 # stop reading its requests until it catches up.
