@@ -79,6 +79,11 @@ class Channel:
         self.consumer_unacked = 0
         self.closed = False
 
+    @property
+    def next_delivery_tag(self) -> int:
+        """The tag the next delivery will get."""
+        return self._next_delivery_tag
+
     # -- delivery (called by queues) ----------------------------------------
 
     def can_deliver(self, consumer: Consumer) -> bool:

@@ -122,7 +122,7 @@ class ChannelHandler:
             return
         # RabbitMQ 3.10 sends the channel's next delivery tag without using
         # it up: the next delivery or basic.get repeats it (no ack needed).
-        delivery_tag = self.channel._next_delivery_tag
+        delivery_tag = self.channel.next_delivery_tag
         self.deliver(self.reply_consumer[0], delivery_tag, False, message)
 
     def _drop_reply_consumer(self) -> None:
