@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from amqpy.broker.exchange import DelayedMessageExchange
 from amqpy.broker.policy import Policy
 from amqpy.broker.timers import Scheduler
 from amqpy.broker.vhost import VHost, export_definitions, import_definitions
@@ -109,6 +110,14 @@ class Broker:
                     messages = queue.log.recover()
                     queue.restore(messages)
                     count += len(messages)
+            for exchange in vhost.exchanges.values():
+                if (
+                    isinstance(exchange, DelayedMessageExchange)
+                    and exchange.log is not None
+                ):
+                    held = exchange.log.recover()
+                    vhost.restore_held(exchange, held)
+                    count += len(held)
         return count
 
     def import_definitions(self, definitions: Mapping[str, Any]) -> None:

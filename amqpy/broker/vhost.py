@@ -3,6 +3,7 @@ declaring, binding, deleting and publishing, with RabbitMQ's errors."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from amqpy.broker.errors import (
 from amqpy.broker.exchange import (
     EXCHANGE_TYPES,
     DefaultExchange,
+    DelayedMessageExchange,
     Exchange,
 )
 from amqpy.broker.policy import (
@@ -37,12 +39,13 @@ from amqpy.broker.timers import Scheduler
 from amqpy.model.message import (
     REPLY_TO_PREFIX,
     Message,
+    decode_properties,
     header_routes,
     with_routing_key,
 )
 from amqpy.store.definitions import STORE_ID_KEY
 from amqpy.store.message_store import new_store_id
-from amqpy.store.queue_log import QueueLog
+from amqpy.store.queue_log import QueueLog, StoredMessage
 
 # Queue arguments RabbitMQ compares on redeclare; others are not compared.
 EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
@@ -59,6 +62,9 @@ EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
     "x-single-active-consumer",
     "x-queue-master-locator",
 )
+
+# In a durable delayed exchange's log: when (epoch ms) a held message is due.
+DELIVER_AT_HEADER = "x-amqpy-deliver-at"
 
 PREDECLARED_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -182,15 +188,19 @@ class VHost:
             raise AccessRefusedError(
                 f"exchange name '{name}' contains reserved prefix 'amq.*'"
             )
-        exchange = exchange_type(
-            name,
-            durable=durable,
-            auto_delete=auto_delete,
-            internal=internal,
-            arguments=arguments,
-        )
+        try:
+            exchange = exchange_type(
+                name,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments,
+            )
+        except ValueError as error:
+            raise PreconditionFailedError(str(error)) from error
         self.exchanges[name] = exchange
         self._apply_exchange_policy(exchange)
+        self._attach_delay_log(exchange)
         if durable:
             self._on_durable_change()
         return exchange
@@ -260,6 +270,13 @@ class VHost:
     def _remove_exchange(self, exchange: Exchange) -> None:
         exchange.deleted = True
         del self.exchanges[exchange.name]
+        if isinstance(exchange, DelayedMessageExchange):
+            # Held messages go with their exchange, as with the plugin.
+            for timer in exchange.held.values():
+                timer.cancel()
+            exchange.held.clear()
+            if exchange.log is not None:
+                exchange.log.destroy()
         for destination in list(exchange.bindings):
             exchange.remove_destination(destination)
             self._forget_source(destination, exchange)
@@ -458,6 +475,88 @@ class VHost:
             for target in targets:
                 if not is_cycle(target.name, message, reason):
                     target.enqueue(message)
+
+    # -- delayed messages (x-delayed-message) ----------------------------------
+
+    def _attach_delay_log(self, exchange: Exchange) -> None:
+        if (
+            isinstance(exchange, DelayedMessageExchange)
+            and exchange.durable
+            and self._open_log is not None
+        ):
+            if exchange.store_id is None:
+                exchange.store_id = new_store_id()
+            exchange.log = self._open_log(exchange.store_id)
+
+    def hold(
+        self, exchange: DelayedMessageExchange, message: Message, delay_ms: int
+    ) -> None:
+        """Hold a message for `delay_ms`, then route it through `exchange`.
+        On a durable exchange it is kept in the exchange's log meanwhile."""
+        if self._scheduler is None:
+            self._release(exchange, message, None)
+            return
+        exchange.delay_seq += 1
+        seq = exchange.delay_seq
+        if exchange.log is not None:
+            deliver_at_ms = int(time.time() * 1000) + delay_ms
+            properties = decode_properties(message.properties_raw)
+            properties.headers = {
+                **(properties.headers or {}),
+                DELIVER_AT_HEADER: deliver_at_ms,
+            }
+            exchange.log.append(
+                seq,
+                message.exchange,
+                message.routing_key,
+                properties.marshal(),
+                message.body,
+            )
+        exchange.held[seq] = self._scheduler.call_at(
+            self._scheduler.now() + delay_ms / 1000,
+            lambda: self._release(exchange, message, seq),
+        )
+
+    def _release(
+        self, exchange: DelayedMessageExchange, message: Message, seq: int | None
+    ) -> None:
+        if seq is not None:
+            exchange.held.pop(seq, None)
+            if exchange.log is not None:
+                exchange.log.ack(seq)
+        if exchange.deleted:
+            return
+        try:
+            queues = self.route(exchange, message)
+        except ValueError:
+            return
+        for queue in queues:
+            queue.enqueue(message)
+
+    def restore_held(
+        self, exchange: DelayedMessageExchange, stored: list[StoredMessage]
+    ) -> None:
+        """Held messages recovered at start: each waits what is left of its delay."""
+        now_ms = int(time.time() * 1000)
+        for record in stored:
+            properties = decode_properties(record.properties_raw)
+            headers = dict(properties.headers or {})
+            deliver_at = headers.pop(DELIVER_AT_HEADER, now_ms)
+            properties.headers = headers or None
+            message = Message(
+                record.exchange, record.routing_key, properties.marshal(), record.body
+            )
+            exchange.delay_seq = max(exchange.delay_seq, record.seq)
+            remaining = (
+                max(int(deliver_at) - now_ms, 0) if isinstance(deliver_at, int) else 0
+            )
+            if self._scheduler is None:
+                continue
+            seq = record.seq
+            exchange.held[seq] = self._scheduler.call_at(
+                self._scheduler.now() + remaining / 1000,
+                lambda message=message, seq=seq: self._release(exchange, message, seq),
+            )
 
     def attach_log(self, queue: Queue) -> None:
         if self._open_log is not None and queue.durable:
@@ -712,6 +811,11 @@ def export_definitions(vhost: VHost) -> dict[str, list[dict[str, Any]]]:
             "auto_delete": exchange.auto_delete,
             "internal": exchange.internal,
             "arguments": exchange.arguments,
+            **(
+                {STORE_ID_KEY: exchange.store_id}
+                if isinstance(exchange, DelayedMessageExchange) and exchange.store_id
+                else {}
+            ),
         }
         for exchange in vhost.exchanges.values()
         if exchange.durable and exchange.name and not _reserved(exchange.name)
@@ -781,6 +885,11 @@ def import_definitions(
                 arguments=dict(entry.get("arguments") or {}),
             )
             vhost._apply_exchange_policy(exchange)
+            store_id = entry.get(STORE_ID_KEY)
+            if isinstance(exchange, DelayedMessageExchange):
+                if isinstance(store_id, str) and store_id.isalnum():
+                    exchange.store_id = store_id
+                vhost._attach_delay_log(exchange)
         for entry in queues:
             name = str(entry["name"])
             if name in vhost.queues:

@@ -20,7 +20,7 @@ from amqpy.broker.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
-from amqpy.broker.exchange import Exchange
+from amqpy.broker.exchange import DelayedMessageExchange, Exchange, message_delay_ms
 from amqpy.broker.queue import Queue
 from amqpy.model.message import (
     REPLY_TO_PREFIX,
@@ -53,7 +53,7 @@ class TxPublish:
     enqueued at commit."""
 
     message: Message
-    queues: list[Queue]
+    queues: list[Queue] | None  # None: held by a delayed exchange
     content: ContentReceived
 
 
@@ -523,8 +523,9 @@ class ChannelHandler:
 
     def _resolve(
         self, exchange: Exchange, content: ContentReceived
-    ) -> tuple[Message, list[Queue]]:
-        """The message and the queues it routes to (it may be refused: 406)."""
+    ) -> tuple[Message, list[Queue] | None]:
+        """The message and the queues it routes to (it may be refused: 406);
+        None for queues when a delayed exchange holds it."""
         properties_raw = content.properties_raw
         if properties_raw and properties_raw[0] & 0x02:  # reply-to flag (0x0200)
             properties_raw = self._fast_reply_to(properties_raw)
@@ -540,6 +541,12 @@ class ChannelHandler:
         extra_keys = None
         if properties_raw and properties_raw[0] & 0x20:  # headers flag (0x2000)
             message, extra_keys = self._sender_selected(message)
+            if isinstance(exchange, DelayedMessageExchange):
+                delay_ms = message_delay_ms(message)
+                if delay_ms:
+                    # Held, then routed; never returned (as the plugin).
+                    self.vhost.hold(exchange, message, delay_ms)
+                    return message, None
         try:
             return message, self.vhost.route(exchange, message, extra_keys)
         except ValueError as error:  # properties a headers exchange could not read
@@ -586,8 +593,10 @@ class ChannelHandler:
         return message, extra_keys
 
     def _deliver(
-        self, message: Message, queues: list[Queue], content: ContentReceived
+        self, message: Message, queues: list[Queue] | None, content: ContentReceived
     ) -> bool:
+        if queues is None:
+            return True  # held by a delayed exchange
         accepted = True
         if queues:
             for queue in queues:

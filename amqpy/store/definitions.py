@@ -71,10 +71,11 @@ def read_definitions_file(path: Path) -> dict[str, Any]:
 def to_rabbitmq_format(definitions: dict[str, Any], product_version: str) -> bytes:
     """Our definitions as a file RabbitMQ's import accepts."""
     document = {key: value for key, value in definitions.items() if key != FORMAT_KEY}
-    document["queues"] = [
-        {key: value for key, value in queue.items() if key != STORE_ID_KEY}
-        for queue in document.get("queues", [])
-    ]
+    for kind in ("queues", "exchanges"):
+        document[kind] = [
+            {key: value for key, value in entry.items() if key != STORE_ID_KEY}
+            for entry in document.get(kind, [])
+        ]
     document = {
         "product_name": "amqpy",
         "product_version": product_version,
