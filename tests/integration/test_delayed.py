@@ -123,3 +123,33 @@ def test_durable_delays_survive_kill(start: Callable[[], Server]) -> None:
     assert body == b"held"
     assert properties.headers == {"x-delay": 1500, "h": 1}
     connection.close()
+
+
+def test_aio_pika_delayed_publish(broker: Any) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def scenario() -> tuple[bytes, float]:
+        connection = await aio_pika.connect(broker.url)
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            "adelayed", "x-delayed-message", arguments=DELAYED
+        )
+        queue = await channel.declare_queue("aq")
+        await queue.bind(exchange, "k")
+        started = time.monotonic()
+        await exchange.publish(
+            aio_pika.Message(b"later", headers={"x-delay": 200}), routing_key="k"
+        )
+        assert await queue.get(fail=False) is None
+        while (message := await queue.get(fail=False)) is None:
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.02)
+        await message.ack()
+        await connection.close()
+        return message.body, time.monotonic() - started
+
+    body, waited = asyncio.run(scenario())
+    assert body == b"later"
+    assert waited >= 0.2

@@ -116,3 +116,43 @@ def test_single_active_consumer_takes_over_in_order(connect: Connect) -> None:
         assert time.monotonic() < deadline, got
         connection.process_data_events(time_limit=0.02)
     assert got["second"] == [b"after"]
+
+
+def test_aio_pika_priority_queue_and_single_active_consumer(broker: Any) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def scenario() -> tuple[list[bytes], list[str]]:
+        connection = await aio_pika.connect(broker.url)
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            "apq", arguments={"x-max-priority": 3, "x-single-active-consumer": True}
+        )
+        for body, priority in [(b"low", 0), (b"high", 3), (b"mid", 2)]:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, priority=priority), routing_key="apq"
+            )
+        got: list[bytes] = []
+        who: list[str] = []
+        done = asyncio.Event()
+
+        def consumer(name: str) -> Any:
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                got.append(message.body)
+                who.append(name)
+                await message.ack()
+                if len(got) == 3:
+                    done.set()
+
+            return on_message
+
+        await queue.consume(consumer("first"))
+        await queue.consume(consumer("second"))
+        await asyncio.wait_for(done.wait(), 10)
+        await connection.close()
+        return got, who
+
+    got, who = asyncio.run(scenario())
+    assert got == [b"high", b"mid", b"low"]
+    assert who == ["first", "first", "first"]
