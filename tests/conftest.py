@@ -7,6 +7,7 @@ from typing import Any
 
 import pika
 import pytest
+from helpers.queue_features import unique_names
 
 from amqpy.server.embedded import EmbeddedBroker
 
@@ -60,3 +61,9 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., pika.BlockingConne
 @pytest.fixture
 def channel(connect: Callable[..., pika.BlockingConnection]) -> Any:
     return connect().channel()
+
+
+@pytest.fixture
+def names() -> Callable[[str], str]:
+    """Unique queue and exchange names for one test."""
+    return unique_names()

@@ -162,3 +162,8 @@ def typed_headers(content_header_payload: bytes) -> tuple[str, Any] | None:
     if not flags & 0x2000:
         return None
     return typed_table(properties, offset)[0]
+
+
+def dead_letter_to(queue: str, **more: Any) -> dict[str, Any]:
+    """Queue arguments that dead-letter to `queue` through the default exchange."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue, **more}

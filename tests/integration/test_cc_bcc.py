@@ -10,17 +10,12 @@ from collections.abc import Callable
 import aio_pika
 import pika
 import pytest
-from helpers.queue_features import message_count, poll_get, unique_names, wait_count
+from helpers.queue_features import message_count, poll_get, wait_count
 from pika.adapters.blocking_connection import BlockingChannel
 
 from amqpy.server.embedded import EmbeddedBroker
 
 Channel = BlockingChannel
-
-
-@pytest.fixture
-def names() -> Callable[[str], str]:
-    return unique_names()
 
 
 def headers(**values: object) -> pika.BasicProperties:

@@ -24,11 +24,11 @@ import pytest
 from helpers.amqp_client import body_frame, method_frame, open_client, raw_frame
 from helpers.queue_features import (
     check_death_times,
+    dead_letter_to,
     drain,
     message_count,
     poll_get,
     typed_headers,
-    unique_names,
     wait_count,
 )
 from pamqp import commands
@@ -37,16 +37,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 from amqpy.server.embedded import EmbeddedBroker
 
 Channel = BlockingChannel
-
-
-@pytest.fixture
-def names() -> Callable[[str], str]:
-    return unique_names()
-
-
-def dead_letter_to(queue: str, **more: Any) -> dict[str, Any]:
-    """Arguments that dead-letter through the default exchange to `queue`."""
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue, **more}
 
 
 def reject_head(channel: Channel, queue: str, *, nack: bool = False) -> Any:

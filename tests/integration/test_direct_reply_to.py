@@ -12,18 +12,13 @@ from typing import Any
 import aio_pika
 import pika
 import pytest
-from helpers.queue_features import poll_get, unique_names, wait_until
+from helpers.queue_features import poll_get, wait_until
 from pika.adapters.blocking_connection import BlockingChannel
 
 from amqpy.server.embedded import EmbeddedBroker
 
 Channel = BlockingChannel
 REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-@pytest.fixture
-def names() -> Callable[[str], str]:
-    return unique_names()
 
 
 def closed_by_broker(channel: Channel, action: Callable[[], Any]) -> tuple[int, str]:

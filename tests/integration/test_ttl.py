@@ -21,10 +21,10 @@ import pika.exceptions
 import pytest
 from helpers.queue_features import (
     check_death_times,
+    dead_letter_to,
     drain,
     message_count,
     poll_get,
-    unique_names,
     wait_count,
     wait_until,
 )
@@ -34,15 +34,6 @@ from amqpy.server.embedded import EmbeddedBroker
 
 Channel = BlockingChannel
 Connect = Callable[..., pika.BlockingConnection]
-
-
-@pytest.fixture
-def names() -> Callable[[str], str]:
-    return unique_names()
-
-
-def dead_letter_to(queue: str, **more: Any) -> dict[str, Any]:
-    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue, **more}
 
 
 def expiring(milliseconds: str) -> pika.BasicProperties:
