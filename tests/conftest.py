@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 from helpers.queue_features import unique_names
+from helpers.server_process import Server
 
 from amqpy.server.embedded import EmbeddedBroker
 
@@ -67,3 +69,20 @@ def channel(connect: Callable[..., pika.BlockingConnection]) -> Any:
 def names() -> Callable[[str], str]:
     """Unique queue and exchange names for one test."""
     return unique_names()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start `python -m amqpy server` subprocesses on a free port, all on the
+    test's data folder unless told another; killed after the test."""
+    servers: list[Server] = []
+
+    def start_server(data_dir: Path | None = None) -> Server:
+        server = Server("--port", "0", "--data-dir", str(data_dir or tmp_path / "data"))
+        servers.append(server)
+        server.wait_listening()
+        return server
+
+    yield start_server
+    for server in servers:
+        server.kill()

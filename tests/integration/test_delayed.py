@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -75,21 +74,6 @@ def test_missing_delayed_type_is_refused(channel: Any) -> None:
         "PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' must be an "
         "existing exchange type",
     )
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[[], Server]]:
-    servers: list[Server] = []
-
-    def start_server() -> Server:
-        server = Server("--port", "0", "--data-dir", str(tmp_path / "data"))
-        servers.append(server)
-        server.wait_listening()
-        return server
-
-    yield start_server
-    for server in servers:
-        server.kill()
 
 
 def test_durable_delays_survive_kill(start: Callable[[], Server]) -> None:

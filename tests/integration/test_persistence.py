@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -18,21 +18,6 @@ from amqpy.store.message_store import find_queue_dir
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, headers={"h": 1}, priority=3)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[[], Server]]:
-    servers: list[Server] = []
-
-    def start_server() -> Server:
-        server = Server("--port", "0", "--data-dir", str(tmp_path / "data"))
-        servers.append(server)
-        server.wait_listening()
-        return server
-
-    yield start_server
-    for server in servers:
-        server.kill()
 
 
 def connect(port: int) -> pika.BlockingConnection:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -15,21 +15,6 @@ import pytest
 from helpers.server_process import Server
 
 DEFINITIONS = "definitions.json"
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start_server(data_dir: Path | None = None) -> Server:
-        server = Server("--port", "0", "--data-dir", str(data_dir or tmp_path / "data"))
-        servers.append(server)
-        server.wait_listening()
-        return server
-
-    yield start_server
-    for server in servers:
-        server.kill()
 
 
 def connect(port: int) -> pika.BlockingConnection:
