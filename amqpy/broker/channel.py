@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from amqpy.broker.arguments import InvalidArgumentError, validate_consumer_arguments
@@ -73,6 +73,9 @@ class Channel:
         self.unacked: dict[int, Unacked] = {}
         self._next_delivery_tag = 1
         self.prefetch_count = 0  # for consumers started from now on
+        # When set, acks ask for a later kick() instead of dispatching at once
+        # (the server kicks once per batch of acks read together).
+        self.defer_kick: Callable[[Channel], None] | None = None
         self.global_prefetch_count = 0
         # Unacked consumer deliveries: what the global limit counts (as
         # RabbitMQ's limiter, basic.get messages take no prefetch slot).
@@ -275,7 +278,10 @@ class Channel:
         taken = self._take(delivery_tag, multiple)
         self._settle(taken)
         self._forget(taken)
-        self.kick()
+        if self.defer_kick is not None:
+            self.defer_kick(self)  # the caller kicks once for many acks
+        else:
+            self.kick()
 
     def reject(self, delivery_tag: int, multiple: bool, requeue: bool) -> None:
         """basic.nack / basic.reject."""

@@ -217,13 +217,11 @@ def encode_queue_declare_ok(
     return _method_frame(channel_id, payload)
 
 
-def encode_content(
+def _content_parts(
     channel_id: int, properties_raw: bytes, body: bytes, frame_max: int
-) -> bytes:
-    """The content header (raw properties passed through) and body frames."""
-    header_payload_size = 12 + len(properties_raw)
-    parts = [
-        _FRAME_HEAD.pack(FRAME_HEADER, channel_id, header_payload_size),
+) -> list[bytes | memoryview]:
+    parts: list[bytes | memoryview] = [
+        _FRAME_HEAD.pack(FRAME_HEADER, channel_id, 12 + len(properties_raw)),
         _CONTENT_HEADER_PREFIX.pack(CLASS_BASIC, 0, len(body)),
         properties_raw,
         FRAME_END_BYTE,
@@ -245,6 +243,48 @@ def encode_content(
                     chunk,
                     FRAME_END_BYTE,
                 )
+    return parts
+
+
+def encode_content(
+    channel_id: int, properties_raw: bytes, body: bytes, frame_max: int
+) -> bytes:
+    """The content header (raw properties passed through) and body frames."""
+    return b"".join(_content_parts(channel_id, properties_raw, body, frame_max))
+
+
+def shortstr(value: str) -> bytes:
+    """A short string as encoded on the wire (length byte first)."""
+    return _shortstr(value)
+
+
+def encode_delivery(
+    channel_id: int,
+    consumer_tag_raw: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    route_raw: bytes,
+    properties_raw: bytes,
+    body: bytes,
+    frame_max: int,
+) -> bytes:
+    """basic.deliver with its content, in one piece: the hot path.
+
+    `consumer_tag_raw` is the encoded short string of the consumer tag and
+    `route_raw` those of the exchange and routing key, so callers can reuse
+    them across deliveries.
+    """
+    size = 13 + len(consumer_tag_raw) + len(route_raw)
+    parts = _content_parts(channel_id, properties_raw, body, frame_max)
+    parts[:0] = (
+        _FRAME_HEAD.pack(FRAME_METHOD, channel_id, size),
+        _DELIVER_ID,
+        consumer_tag_raw,
+        _U64.pack(delivery_tag),
+        b"\x01" if redelivered else b"\x00",
+        route_raw,
+        FRAME_END_BYTE,
+    )
     return b"".join(parts)
 
 

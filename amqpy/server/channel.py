@@ -73,6 +73,10 @@ class ChannelHandler:
         self.channel_id = channel_id
         self.vhost: VHost = connection.vhost
         self.channel = Channel(self, owner=connection)
+        self.channel.defer_kick = connection.defer_kick
+        # Encoded short strings reused across deliveries.
+        self._tag_cache: dict[str, bytes] = {}
+        self._last_route: tuple[str, str, bytes] = ("", "", b"\x00\x00")
         self.confirm_mode = False
         self.next_publish_seq_no = 1
         # Confirms (publish seq_nos) and tx.commit-oks waiting for the store
@@ -98,17 +102,23 @@ class ChannelHandler:
         message: Message,
     ) -> None:
         connection = self.connection
+        tag_raw = self._tag_cache.get(consumer_tag)
+        if tag_raw is None:
+            if len(self._tag_cache) > 1000:
+                self._tag_cache.clear()  # bounded: consumers come and go
+            tag_raw = self._tag_cache[consumer_tag] = frames.shortstr(consumer_tag)
+        exchange, routing_key, route_raw = self._last_route
+        if exchange != message.exchange or routing_key != message.routing_key:
+            exchange, routing_key = message.exchange, message.routing_key
+            route_raw = frames.shortstr(exchange) + frames.shortstr(routing_key)
+            self._last_route = (exchange, routing_key, route_raw)
         connection.send_raw(
-            frames.encode_deliver(
+            frames.encode_delivery(
                 self.channel_id,
-                consumer_tag,
+                tag_raw,
                 delivery_tag,
                 redelivered,
-                message.exchange,
-                message.routing_key,
-            )
-            + frames.encode_content(
-                self.channel_id,
+                route_raw,
                 message.properties_raw,
                 message.body,
                 connection.frame_max,

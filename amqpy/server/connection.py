@@ -17,6 +17,7 @@ from pamqp import base as pamqp_base
 from pamqp import commands
 
 from amqpy import __version__
+from amqpy.broker.channel import Channel
 from amqpy.broker.errors import AmqpError
 from amqpy.broker.vhost import VHost
 from amqpy.protocol import events
@@ -92,6 +93,10 @@ class ConnectionHandler:
         self._deliveries_refused = False
         self._output_barrier = 0
         self._paused_reads = 0  # > 0 while we deliberately do not read
+        self._aborted = False
+        # Channels whose acks freed room during this read batch: their queues
+        # dispatch once at its end, not once per ack.
+        self._kick_after_batch: set[Channel] = set()
         # A publish held back while a resource alarm is on.
         self._held_content: events.ContentReceived | None = (
             None  # definitions generation our output waits for
@@ -258,11 +263,18 @@ class ConnectionHandler:
             self._writer_wakeup.set()
             await self._drained.wait()
 
+    def defer_kick(self, channel: Channel) -> None:
+        self._kick_after_batch.add(channel)
+
     def _process_events(self) -> None:
         generation = self.server.definitions_generation
         try:
             self._process_events_inner()
         finally:
+            if self._kick_after_batch:
+                channels, self._kick_after_batch = self._kick_after_batch, set()
+                for channel in channels:
+                    channel.kick()
             if self.server.definitions_generation != generation:
                 # Hold our replies until the definitions file covers them.
                 self._output_barrier = self.server.definitions_generation
@@ -277,9 +289,8 @@ class ConnectionHandler:
                 self._handle_event(event)
                 if self._held_content is not None:
                     break
-                nursery = self._nursery
-                if nursery is not None and nursery.cancel_scope.cancel_called:
-                    break  # aborted: nothing more is read
+                if self._aborted:
+                    break  # nothing more is read
             except ProtocolHeaderMismatchError:
                 LOGGER.info("%s: closing, unsupported protocol header", self.name)
                 self._closing = True
@@ -518,6 +529,7 @@ class ConnectionHandler:
     def _abort(self) -> None:
         """Drop the connection at once (no close handshake)."""
         self._closing = True
+        self._aborted = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 

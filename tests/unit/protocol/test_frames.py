@@ -353,3 +353,27 @@ class TestEncoders:
         assert b"".join(value.value for _, value in decoded[1:]) == body
         assert all(len(value.value) <= frame_max - 8 for _, value in decoded[1:])
         assert all(len(value.value) > 0 for _, value in decoded[1:])
+
+
+@pytest.mark.parametrize("body_size", [0, 10, 4088, 4089, 20000])
+def test_encode_delivery_is_deliver_then_content(body_size: int) -> None:
+    from amqpy.protocol import frames
+
+    body = bytes(range(256)) * (body_size // 256) + bytes(body_size % 256)
+    properties = b"\x10\x00\x02"  # delivery-mode 2
+    expected = frames.encode_deliver(
+        3, "ctag-é", 42, True, "ex", "rk.ü"
+    ) + frames.encode_content(3, properties, body, 4096)
+    assert (
+        frames.encode_delivery(
+            3,
+            frames.shortstr("ctag-é"),
+            42,
+            True,
+            frames.shortstr("ex") + frames.shortstr("rk.ü"),
+            properties,
+            body,
+            4096,
+        )
+        == expected
+    )
