@@ -53,6 +53,7 @@ class Policy:
                 raise ValueError(
                     f"policy '{entry['name']}': definition is not an object"
                 )
+            _validate_definition(str(entry["name"]), definition)
             return cls(
                 name=str(entry["name"]),
                 vhost=str(entry.get("vhost", "/")),
@@ -68,6 +69,26 @@ class Policy:
         if self.apply_to != "all" and self.apply_to != kind:
             return False
         return self.pattern.search(name) is not None
+
+
+def _validate_definition(name: str, definition: Mapping[str, Any]) -> None:
+    """Refuse values RabbitMQ's policy validators refuse."""
+    for key in ("message-ttl", "max-length", "max-length-bytes", "expires"):
+        if key not in definition:
+            continue
+        value = definition[key]
+        lowest = 1 if key == "expires" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(
+                f"policy '{name}': {key} must be an integer of at least {lowest}"
+            )
+    overflow = definition.get("overflow")
+    if overflow is not None and overflow not in (
+        "drop-head",
+        "reject-publish",
+        "reject-publish-dlx",
+    ):
+        raise ValueError(f"policy '{name}': unknown overflow {overflow!r}")
 
 
 def effective_policy(policies: Iterable[Policy], name: str, kind: str) -> Policy | None:

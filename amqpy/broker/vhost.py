@@ -65,6 +65,8 @@ EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
 
 # In a durable delayed exchange's log: when (epoch ms) a held message is due.
 DELIVER_AT_HEADER = "x-amqpy-deliver-at"
+# ... and its CC/BCC routing keys (BCC is gone from the message by then).
+EXTRA_KEYS_HEADER = "x-amqpy-extra-keys"
 
 PREDECLARED_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -489,12 +491,17 @@ class VHost:
             exchange.log = self._open_log(exchange.store_id)
 
     def hold(
-        self, exchange: DelayedMessageExchange, message: Message, delay_ms: int
+        self,
+        exchange: DelayedMessageExchange,
+        message: Message,
+        delay_ms: int,
+        extra_keys: list[str] | None = None,
     ) -> None:
-        """Hold a message for `delay_ms`, then route it through `exchange`.
-        On a durable exchange it is kept in the exchange's log meanwhile."""
+        """Hold a message for `delay_ms`, then route it through `exchange`
+        (by its routing key and its CC/BCC keys, `extra_keys`). On a durable
+        exchange it is kept in the exchange's log meanwhile."""
         if self._scheduler is None:
-            self._release(exchange, message, None)
+            self._release(exchange, message, None, extra_keys)
             return
         exchange.delay_seq += 1
         seq = exchange.delay_seq
@@ -504,6 +511,7 @@ class VHost:
             properties.headers = {
                 **(properties.headers or {}),
                 DELIVER_AT_HEADER: deliver_at_ms,
+                **({EXTRA_KEYS_HEADER: list(extra_keys)} if extra_keys else {}),
             }
             exchange.log.append(
                 seq,
@@ -514,24 +522,29 @@ class VHost:
             )
         exchange.held[seq] = self._scheduler.call_at(
             self._scheduler.now() + delay_ms / 1000,
-            lambda: self._release(exchange, message, seq),
+            lambda: self._release(exchange, message, seq, extra_keys),
         )
 
     def _release(
-        self, exchange: DelayedMessageExchange, message: Message, seq: int | None
+        self,
+        exchange: DelayedMessageExchange,
+        message: Message,
+        seq: int | None,
+        extra_keys: list[str] | None,
     ) -> None:
         if seq is not None:
             exchange.held.pop(seq, None)
-            if exchange.log is not None:
-                exchange.log.ack(seq)
-        if exchange.deleted:
-            return
-        try:
-            queues = self.route(exchange, message)
-        except ValueError:
-            return
-        for queue in queues:
-            queue.enqueue(message)
+        if not exchange.deleted:
+            try:
+                queues = self.route(exchange, message, extra_keys)
+            except ValueError:
+                queues = []
+            for queue in queues:
+                queue.enqueue(message)
+        # Settled only after the queues have it: a crash in between gives a
+        # duplicate at worst, never a loss.
+        if seq is not None and exchange.log is not None:
+            exchange.log.ack(seq)
 
     def restore_held(
         self, exchange: DelayedMessageExchange, stored: list[StoredMessage]
@@ -542,6 +555,12 @@ class VHost:
             properties = decode_properties(record.properties_raw)
             headers = dict(properties.headers or {})
             deliver_at = headers.pop(DELIVER_AT_HEADER, now_ms)
+            extra = headers.pop(EXTRA_KEYS_HEADER, None)
+            extra_keys = (
+                [key for key in extra if isinstance(key, str)]
+                if isinstance(extra, list)
+                else None
+            )
             properties.headers = headers or None
             message = Message(
                 record.exchange, record.routing_key, properties.marshal(), record.body
@@ -555,7 +574,9 @@ class VHost:
             seq = record.seq
             exchange.held[seq] = self._scheduler.call_at(
                 self._scheduler.now() + remaining / 1000,
-                lambda message=message, seq=seq: self._release(exchange, message, seq),
+                lambda message=message, seq=seq, keys=extra_keys: self._release(
+                    exchange, message, seq, keys
+                ),
             )
 
     def attach_log(self, queue: Queue) -> None:

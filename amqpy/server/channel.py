@@ -48,12 +48,22 @@ def _text(value: object) -> str:
 
 
 @attrs.frozen
+class Held:
+    """A publish a delayed exchange will hold (done when it is delivered, so
+    a transaction's rollback drops it)."""
+
+    exchange: DelayedMessageExchange
+    delay_ms: int
+    extra_keys: list[str] | None
+
+
+@attrs.frozen
 class TxPublish:
     """A publish in a transaction: routed when published (as RabbitMQ does),
     enqueued at commit."""
 
     message: Message
-    queues: list[Queue] | None  # None: held by a delayed exchange
+    queues: list[Queue] | Held
     content: ContentReceived
 
 
@@ -533,9 +543,9 @@ class ChannelHandler:
 
     def _resolve(
         self, exchange: Exchange, content: ContentReceived
-    ) -> tuple[Message, list[Queue] | None]:
+    ) -> tuple[Message, list[Queue] | Held]:
         """The message and the queues it routes to (it may be refused: 406);
-        None for queues when a delayed exchange holds it."""
+        Held when a delayed exchange is to hold it."""
         properties_raw = content.properties_raw
         if properties_raw and properties_raw[0] & 0x02:  # reply-to flag (0x0200)
             properties_raw = self._fast_reply_to(properties_raw)
@@ -554,9 +564,7 @@ class ChannelHandler:
             if isinstance(exchange, DelayedMessageExchange):
                 delay_ms = message_delay_ms(message)
                 if delay_ms:
-                    # Held, then routed; never returned (as the plugin).
-                    self.vhost.hold(exchange, message, delay_ms)
-                    return message, None
+                    return message, Held(exchange, delay_ms, extra_keys)
         try:
             return message, self.vhost.route(exchange, message, extra_keys)
         except ValueError as error:  # properties a headers exchange could not read
@@ -603,10 +611,14 @@ class ChannelHandler:
         return message, extra_keys
 
     def _deliver(
-        self, message: Message, queues: list[Queue] | None, content: ContentReceived
+        self, message: Message, queues: list[Queue] | Held, content: ContentReceived
     ) -> bool:
-        if queues is None:
-            return True  # held by a delayed exchange
+        if isinstance(queues, Held):
+            # Held, then routed; never returned as unroutable (as the plugin).
+            self.vhost.hold(
+                queues.exchange, message, queues.delay_ms, queues.extra_keys
+            )
+            return True
         accepted = True
         if queues:
             for queue in queues:

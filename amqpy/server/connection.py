@@ -272,9 +272,7 @@ class ConnectionHandler:
             self._process_events_inner()
         finally:
             if self._kick_after_batch:
-                channels, self._kick_after_batch = self._kick_after_batch, set()
-                for channel in channels:
-                    channel.kick()
+                self._flush_kicks()
             if self.server.definitions_generation != generation:
                 # Hold our replies until the definitions file covers them.
                 self._output_barrier = self.server.definitions_generation
@@ -313,7 +311,19 @@ class ConnectionHandler:
         if protocol.pending_output:
             self._writer_wakeup.set()
 
+    def _flush_kicks(self) -> None:
+        channels, self._kick_after_batch = self._kick_after_batch, set()
+        for channel in channels:
+            channel.kick()
+
     def _handle_event(self, event: events.Event) -> None:
+        if self._kick_after_batch and not (
+            type(event) is events.MethodReceived
+            and type(event.method) is commands.Basic.Ack
+        ):
+            # Consecutive acks share one dispatch; anything else sees their
+            # effects first, so a reply never overtakes a delivery they freed.
+            self._flush_kicks()
         if type(event) is events.ContentReceived:
             if self.server.alarms and self._held_content is None:
                 # A resource alarm: this publish waits, and so does the rest.

@@ -137,3 +137,41 @@ def test_aio_pika_delayed_publish(broker: Any) -> None:
     body, waited = asyncio.run(scenario())
     assert body == b"later"
     assert waited >= 0.2
+
+
+def test_rolled_back_delayed_publish_is_never_delivered(channel: Any) -> None:
+    channel.exchange_declare("delayed", "x-delayed-message", arguments=DELAYED)
+    channel.queue_declare("q")
+    channel.queue_bind("q", "delayed", "k")
+    channel.tx_select()
+    channel.basic_publish(
+        "delayed", "k", b"rolled back", pika.BasicProperties(headers={"x-delay": 50})
+    )
+    channel.tx_rollback()
+    channel.basic_publish(
+        "delayed", "k", b"committed", pika.BasicProperties(headers={"x-delay": 100})
+    )
+    channel.tx_commit()
+    wait_ready(channel, "q", 1)
+    # Long enough for the rolled-back one (due earlier) to have shown up.
+    channel.connection.process_data_events(time_limit=0.2)
+    assert ready(channel, "q") == 1
+    assert channel.basic_get("q", auto_ack=True)[2] == b"committed"
+
+
+def test_delayed_messages_keep_their_cc_routes(channel: Any) -> None:
+    channel.exchange_declare("delayed", "x-delayed-message", arguments=DELAYED)
+    for queue in ("main", "copy"):
+        channel.queue_declare(queue)
+    channel.queue_bind("main", "delayed", "k")
+    channel.queue_bind("copy", "delayed", "cc")
+    channel.basic_publish(
+        "delayed",
+        "k",
+        b"m",
+        pika.BasicProperties(headers={"x-delay": 50, "BCC": ["cc"]}),
+    )
+    wait_ready(channel, "main", 1)
+    wait_ready(channel, "copy", 1)
+    _, properties, _ = channel.basic_get("copy", auto_ack=True)
+    assert "BCC" not in properties.headers

@@ -144,3 +144,14 @@ def test_malformed_policy_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="malformed policy"):
         set_policies(policy_broker, {"name": "bad", "pattern": "(", "definition": {}})
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [{"max-length": -1}, {"message-ttl": "10"}, {"expires": 0}, {"overflow": "x"}],
+)
+def test_out_of_range_policy_values_are_refused(
+    policy_broker: EmbeddedBroker, definition: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="policy 'bad'"):
+        set_policies(policy_broker, policy("bad", ".*", definition))
