@@ -245,7 +245,8 @@ class Queue:
             self._expired([entry])
         if self.max_length is not None or self.max_length_bytes is not None:
             self._drop_head_over_limit()
-        if ttl is not None and self._expiry_timer is None:
+        if ttl is not None and (self._expiry_timer is None or self.max_priority):
+            # In a priority queue a new message can be the earliest level head.
             self._schedule_expiry()
         return True
 
@@ -278,7 +279,7 @@ class Queue:
         """One timer, for the head message's expiry."""
         if self._scheduler is None or self.deleted:
             return
-        head_expiry = self.messages[0].expires_at if self.messages else None
+        head_expiry = self.messages.next_expiry()
         timer = self._expiry_timer
         if timer is not None:
             if head_expiry is not None and timer.deadline == head_expiry:
@@ -298,29 +299,19 @@ class Queue:
         self._schedule_expiry()
 
     def expire_head(self, limit: int | None = None) -> bool:
-        """Remove the expired messages at the head (and dead-letter them), at
-        most `limit` of them; True when expired ones are left at the head."""
-        messages = self.messages
-        if not messages or messages[0].expires_at is None or self._scheduler is None:
+        """Remove the expired messages at the head (of each priority level)
+        and dead-letter them, at most `limit` of them; True when expired ones
+        are left at a head."""
+        if self._scheduler is None or not self.messages:
             return False
         now = self._now()
-        expired = []
-        while messages and messages[0].expires_at is not None:
-            if messages[0].expires_at > now:
-                break
-            if limit is not None and len(expired) >= limit:
-                break
-            entry = messages.popleft()
-            self.ready_bytes -= len(entry.message.body)
-            expired.append(entry)
+        expired = self.messages.pop_expired(now, limit)
         if expired:
+            for entry in expired:
+                self.ready_bytes -= len(entry.message.body)
             self._expired(expired)
-        head = messages[0] if messages else None
-        return (
-            head is not None
-            and head.expires_at is not None
-            and (head.expires_at <= now)
-        )
+        next_expiry = self.messages.next_expiry()
+        return next_expiry is not None and next_expiry <= now
 
     def _expired(self, entries: list[QueueEntry]) -> None:
         self.discard(entries, EXPIRED)

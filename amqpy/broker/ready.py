@@ -26,7 +26,26 @@ def _merge_back(level: deque[QueueEntry], returning: list[QueueEntry]) -> None:
     level.extend(merged)
 
 
+def _pop_expired(
+    level: deque[QueueEntry], now: float, limit: int | None, into: list[QueueEntry]
+) -> None:
+    while level and (limit is None or len(into) < limit):
+        expires_at = level[0].expires_at
+        if expires_at is None or expires_at > now:
+            return
+        into.append(level.popleft())
+
+
 class FifoMessages(deque["QueueEntry"]):
+    def next_expiry(self) -> float | None:
+        """When the head expires (expiry happens at the head only)."""
+        return self[0].expires_at if self else None
+
+    def pop_expired(self, now: float, limit: int | None) -> list[QueueEntry]:
+        expired: list[QueueEntry] = []
+        _pop_expired(self, now, limit, expired)
+        return expired
+
     def remove_tail(self, entry: QueueEntry) -> bool:
         if self and self[-1] is entry:
             self.pop()
@@ -59,6 +78,23 @@ class PriorityMessages:
     def append(self, entry: QueueEntry) -> None:
         self._levels[self.priority_of(entry)].append(entry)
         self._count += 1
+
+    def next_expiry(self) -> float | None:
+        """The earliest expiry among the heads of the priority levels (each
+        level expires at its own head, as RabbitMQ's priority queues do)."""
+        expiries = [
+            level[0].expires_at
+            for level in self._levels
+            if level and level[0].expires_at is not None
+        ]
+        return min(expiries) if expiries else None
+
+    def pop_expired(self, now: float, limit: int | None) -> list[QueueEntry]:
+        expired: list[QueueEntry] = []
+        for level in reversed(self._levels):
+            _pop_expired(level, now, limit, expired)
+        self._count -= len(expired)
+        return expired
 
     def popleft(self) -> QueueEntry:
         entry = self._top().popleft()

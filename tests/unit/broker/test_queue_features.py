@@ -532,3 +532,22 @@ def test_vhost_dead_letters_in_order_and_drops_expiry_cycles(
     looping.enqueue(message(b"once"))
     scheduler.advance(0.01)
     assert looping.message_count == 0
+
+
+def test_each_priority_level_expires_at_its_own_head(
+    scheduler: CountingScheduler, dead: DeadLetters
+) -> None:
+    queue = make_queue(scheduler, dead, x_max_priority=5)
+
+    def prioritized(body: bytes, priority: int, expiration: str | None) -> Message:
+        properties = commands.Basic.Properties(priority=priority, expiration=expiration)
+        raw = header.ContentHeader(0, 0, properties).marshal()[12:]
+        return Message("", "q", raw, body)
+
+    queue.enqueue(prioritized(b"high, no ttl", 5, None))
+    queue.enqueue(prioritized(b"low, 10 ms", 1, "10"))
+    scheduler.advance(0.05)
+    # The low level's head expired although a high-priority message is ahead.
+    assert bodies(queue) == [b"high, no ttl"]
+    assert dead.items == [(b"low, 10 ms", "expired")]
+    check_bytes(queue)
