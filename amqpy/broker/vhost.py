@@ -740,28 +740,8 @@ class VHost:
                 return list(first)  # type: ignore[arg-type]
             if exchange.alternate_exchange is None:
                 return []
-        queues: dict[Queue, None] = {}
-        visited: set[Exchange] = {exchange}
-        pending: list[tuple[Exchange, Any]] = [(exchange, first)]
-        while pending:
-            current, destinations = pending.pop()
-            if not destinations:
-                alternate = self.exchanges.get(current.alternate_exchange or "")
-                if (
-                    current.alternate_exchange
-                    and alternate is not None
-                    and alternate not in visited
-                ):
-                    visited.add(alternate)
-                    pending.append((alternate, alternate.route(message)))
-                continue
-            for destination in destinations:
-                if isinstance(destination, Queue):
-                    queues[destination] = None
-                elif isinstance(destination, Exchange) and destination not in visited:
-                    visited.add(destination)
-                    pending.append((destination, destination.route(message)))
-        return list(queues)
+        # Exchange-to-exchange bindings or an alternate exchange to follow.
+        return self._route_keys(exchange, message, [])
 
     def _deliver_reply(self, routing_key: str, message: Message) -> None:
         deliver = self.reply_consumers.get(routing_key[len(REPLY_TO_PREFIX) :])
@@ -771,8 +751,9 @@ class VHost:
     def _route_keys(
         self, exchange: Exchange, message: Message, extra_keys: list[str]
     ) -> list[Queue]:
-        """route() by the message's key and every extra key, each key once
-        (rabbit_exchange:route with several routing keys)."""
+        """The full walk of route(): through exchange-to-exchange bindings and
+        alternate exchanges, by the message's key and every extra key, each
+        key once (rabbit_exchange:route with several routing keys)."""
         keys = [message.routing_key]
         for key in extra_keys:
             if key not in keys:
