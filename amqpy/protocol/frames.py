@@ -149,6 +149,27 @@ _RETURN_ID = _METHOD_ID.pack(CLASS_BASIC, 50)
 _DECLARE_OK_ID = _METHOD_ID.pack(50, 11)
 
 
+def _deliver_frame(
+    channel_id: int,
+    consumer_tag_raw: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    route_raw: bytes,
+) -> tuple[bytes, ...]:
+    """The parts of a basic.deliver method frame, short strings pre-encoded."""
+    return (
+        _FRAME_HEAD.pack(
+            FRAME_METHOD, channel_id, 13 + len(consumer_tag_raw) + len(route_raw)
+        ),
+        _DELIVER_ID,
+        consumer_tag_raw,
+        _U64.pack(delivery_tag),
+        b"\x01" if redelivered else b"\x00",
+        route_raw,
+        FRAME_END_BYTE,
+    )
+
+
 def encode_deliver(
     channel_id: int,
     consumer_tag: str,
@@ -157,17 +178,15 @@ def encode_deliver(
     exchange: str,
     routing_key: str,
 ) -> bytes:
-    payload = b"".join(
-        (
-            _DELIVER_ID,
+    return b"".join(
+        _deliver_frame(
+            channel_id,
             _shortstr(consumer_tag),
-            _U64.pack(delivery_tag),
-            b"\x01" if redelivered else b"\x00",
-            _shortstr(exchange),
-            _shortstr(routing_key),
+            delivery_tag,
+            redelivered,
+            _shortstr(exchange) + _shortstr(routing_key),
         )
     )
-    return _method_frame(channel_id, payload)
 
 
 def encode_get_ok(
@@ -274,16 +293,9 @@ def encode_delivery(
     `route_raw` those of the exchange and routing key, so callers can reuse
     them across deliveries.
     """
-    size = 13 + len(consumer_tag_raw) + len(route_raw)
     parts = _content_parts(channel_id, properties_raw, body, frame_max)
-    parts[:0] = (
-        _FRAME_HEAD.pack(FRAME_METHOD, channel_id, size),
-        _DELIVER_ID,
-        consumer_tag_raw,
-        _U64.pack(delivery_tag),
-        b"\x01" if redelivered else b"\x00",
-        route_raw,
-        FRAME_END_BYTE,
+    parts[:0] = _deliver_frame(
+        channel_id, consumer_tag_raw, delivery_tag, redelivered, route_raw
     )
     return b"".join(parts)
 
