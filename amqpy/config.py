@@ -73,9 +73,15 @@ class HeartbeatConfig:
 
 @attrs.frozen
 class AuthConfig:
+    # Created when the data folder is new, as RabbitMQ's default_user,
+    # default_pass, default_vhost, default_user_tags, default_permissions.
+    # Once the broker has run, its users and vhosts are what was defined.
     default_user: str = "guest"
     default_pass: str = "guest"
     default_vhost: str = "/"
+    default_user_tags: tuple[str, ...] = ("administrator",)
+    # configure, write, read
+    default_permissions: tuple[str, ...] = (".*", ".*", ".*")
     # Users that may only connect from a loopback address (RabbitMQ's
     # loopback_users).
     loopback_users: tuple[str, ...] = ("guest",)
@@ -171,6 +177,10 @@ class Config:
             raise ConfigError("limits.outbox_low_water_bytes above the high mark")
         if not 0 <= self.heartbeat.interval_s <= 65535:
             raise ConfigError("heartbeat.interval_s must be between 0 and 65535")
+        if len(self.auth.default_permissions) != 3:
+            raise ConfigError(
+                "auth.default_permissions must be [configure, write, read]"
+            )
         if self.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log.level must be debug/info/warning/error")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from amqpy.broker.access import CONFIGURE, READ, WRITE, Authorize, allow_all
 from amqpy.broker.arguments import (
     InvalidArgumentError,
     amqp_type_name,
@@ -108,6 +109,8 @@ class VHost:
         self._sources: dict[object, set[Exchange]] = {}
         self._exclusive: dict[object, set[Queue]] = {}
         self.policies: list[Policy] = []
+        # RabbitMQ's vhost limits ("max-queues", "max-connections").
+        self.limits: dict[str, int] = {}
         # Direct reply-to: token -> delivers a reply to that channel's consumer.
         self.reply_consumers: dict[str, Callable[[Message], None]] = {}
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
@@ -164,6 +167,7 @@ class VHost:
         auto_delete: bool = False,
         internal: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        authorize: Authorize = allow_all,
     ) -> Exchange:
         arguments = dict(arguments or {})
         default = name == ""
@@ -180,6 +184,7 @@ class VHost:
             raise CommandInvalidError(f"{qualifier} exchange type '{type_name}'")
         if default:
             raise AccessRefusedError("operation not permitted on the default exchange")
+        authorize(CONFIGURE, "exchange", name)
         existing = self.exchanges.get(name)
         if existing is not None:
             self._check_exchange_equivalence(
@@ -190,6 +195,10 @@ class VHost:
             raise AccessRefusedError(
                 f"exchange name '{name}' contains reserved prefix 'amq.*'"
             )
+        alternate = _text_argument(arguments.get("alternate-exchange"))
+        if alternate is not None:
+            authorize(READ, "exchange", name)
+            authorize(WRITE, "exchange", alternate)
         try:
             exchange = exchange_type(
                 name,
@@ -255,13 +264,16 @@ class VHost:
                 f"inequivalent arg '{key}' for {where}: received {detail}"
             )
 
-    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+    def delete_exchange(
+        self, name: str, *, if_unused: bool = False, authorize: Authorize = allow_all
+    ) -> None:
         if name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
         if _reserved(name):
             raise AccessRefusedError(
                 f"deletion of system {self._describe('exchange', name)} not allowed"
             )
+        authorize(CONFIGURE, "exchange", name)
         exchange = self.exchanges.get(name)
         if exchange is None:
             return  # RabbitMQ 3.x: deleting a missing exchange succeeds
@@ -298,7 +310,9 @@ class VHost:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: Mapping[str, Any] | None = None,
+        authorize: Authorize = allow_all,
     ) -> Queue:
+        """Declare (or check, when passive) a queue."""
         arguments = dict(arguments or {})
         if passive:
             if name == "":
@@ -314,6 +328,7 @@ class VHost:
             raise AccessRefusedError(
                 f"queue name '{name}' contains reserved prefix 'amq.*'"
             )
+        authorize(CONFIGURE, "queue", name)
         try:
             validate_queue_arguments(arguments)
         except InvalidArgumentError as error:
@@ -344,6 +359,16 @@ class VHost:
             )
             existing.touch()  # a redeclare counts as use (x-expires)
             return existing
+        max_queues = self.limits.get("max-queues")
+        if max_queues is not None and len(self.queues) >= max_queues:
+            raise PreconditionFailedError(
+                f"cannot declare queue '{name}': queue limit in vhost "
+                f"'{self.name}' ({max_queues}) is reached"
+            )
+        dead_letter_exchange = _text_argument(arguments.get("x-dead-letter-exchange"))
+        if dead_letter_exchange is not None:
+            authorize(READ, "queue", name)
+            authorize(WRITE, "exchange", dead_letter_exchange)
         queue = self.new_queue(
             name,
             durable=durable,
@@ -359,6 +384,15 @@ class VHost:
             self._on_durable_change()
         return queue
 
+    def destroy(self) -> None:
+        """The vhost is deleted: its queues (with their logs and messages),
+        delayed exchanges' logs and timers go."""
+        for queue in list(self.queues.values()):
+            self._remove_queue(queue)
+        for exchange in list(self.exchanges.values()):
+            self._remove_exchange(exchange)
+        self.reply_consumers.clear()
+
     def delete_queue(
         self,
         name: str,
@@ -366,8 +400,10 @@ class VHost:
         owner: object,
         if_unused: bool = False,
         if_empty: bool = False,
+        authorize: Authorize = allow_all,
     ) -> int:
         """Delete a queue; the number of ready messages it held."""
+        authorize(CONFIGURE, "queue", name)
         queue = self.queues.get(name)
         if queue is None:
             # RabbitMQ 3.x answers delete-ok for a queue that is not there.
@@ -382,7 +418,10 @@ class VHost:
         self._remove_queue(queue)
         return count
 
-    def purge_queue(self, name: str, *, owner: object) -> int:
+    def purge_queue(
+        self, name: str, *, owner: object, authorize: Authorize = allow_all
+    ) -> int:
+        authorize(READ, "queue", name)
         return self.get_queue(name, owner).purge()
 
     def _remove_queue(self, queue: Queue) -> None:
@@ -600,9 +639,14 @@ class VHost:
         arguments: Mapping[str, Any] | None,
         *,
         owner: object,
+        authorize: Authorize = allow_all,
     ) -> None:
+        # RabbitMQ's binding_action: write on the destination, then the
+        # default exchange rule, then read on the source.
+        authorize(WRITE, "queue", queue_name)
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
+        authorize(READ, "exchange", exchange_name)
         exchange = self.get_exchange(exchange_name)
         queue = self.get_queue(queue_name, owner)
         self._bind(exchange, queue, binding_key, dict(arguments or {}))
@@ -615,9 +659,14 @@ class VHost:
         arguments: Mapping[str, Any] | None,
         *,
         owner: object,
+        authorize: Authorize = allow_all,
     ) -> None:
+        # RabbitMQ's binding_action: write on the destination, then the
+        # default exchange rule, then read on the source.
+        authorize(WRITE, "queue", queue_name)
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
+        authorize(READ, "exchange", exchange_name)
         # RabbitMQ answers unbind-ok for a missing queue, exchange or binding,
         # and for another connection's exclusive queue.
         queue = self.queues.get(queue_name)
@@ -631,9 +680,13 @@ class VHost:
         source_name: str,
         binding_key: str,
         arguments: Mapping[str, Any] | None,
+        *,
+        authorize: Authorize = allow_all,
     ) -> None:
+        authorize(WRITE, "exchange", destination_name)
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
+        authorize(READ, "exchange", source_name)
         source = self.get_exchange(source_name)
         destination = self.get_exchange(destination_name)
         self._bind(source, destination, binding_key, dict(arguments or {}))
@@ -644,9 +697,13 @@ class VHost:
         source_name: str,
         binding_key: str,
         arguments: Mapping[str, Any] | None,
+        *,
+        authorize: Authorize = allow_all,
     ) -> None:
+        authorize(WRITE, "exchange", destination_name)
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
+        authorize(READ, "exchange", source_name)
         source = self.exchanges.get(source_name)
         destination = self.exchanges.get(destination_name)
         if source is not None and destination is not None:
@@ -789,6 +846,13 @@ class VHost:
                     visited.add(destination)
                     pending.append(destination)
         return list(queues)
+
+
+def _text_argument(value: object) -> str | None:
+    """A string argument (longstr arrives as bytes), else None."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def _is_durable_binding(source: Exchange, destination: object) -> bool:

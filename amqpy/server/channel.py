@@ -13,6 +13,7 @@ import attrs
 from pamqp import base as pamqp_base
 from pamqp import commands
 
+from amqpy.broker.access import READ, WRITE
 from amqpy.broker.channel import Channel, Unacked, generate_name
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from amqpy.server.connection import ConnectionHandler
 
 Handler = Callable[["ChannelHandler", Any], None]
+
+# Permission checks a channel remembers (RabbitMQ's channel keeps 12).
+PERMISSION_CACHE_SIZE = 12
 
 
 def _text(value: object) -> str:
@@ -98,6 +102,9 @@ class ChannelHandler:
         # Direct reply-to: the consumer tag and the token of this channel's
         # consumer of amq.rabbitmq.reply-to (RabbitMQ's reply_consumer).
         self.reply_consumer: tuple[str, str] | None = None
+        # Permission checks that passed, as RabbitMQ's channel caches them:
+        # a revoked permission is seen by channels opened afterwards.
+        self._permitted: dict[tuple[str, str, str], None] = {}
 
     # -- DeliverySink ----------------------------------------------------------
 
@@ -185,6 +192,19 @@ class ChannelHandler:
         self._pending_replies.clear()
         self.connection.server.awaiting_confirms.discard(self)
 
+    def authorize(self, permission: str, kind: str, name: str) -> None:
+        """Raises AccessRefusedError unless the user may do `permission`
+        (configure, write, read) on the `kind` (exchange, queue) `name`."""
+        key = (permission, kind, name)
+        if key in self._permitted:
+            return
+        self.connection.server.broker.access.check(
+            self.connection.username, self.vhost.name, permission, kind, name
+        )
+        if len(self._permitted) >= PERMISSION_CACHE_SIZE:
+            del self._permitted[next(iter(self._permitted))]
+        self._permitted[key] = None
+
     def _queue_name(self, name: str) -> str:
         """RabbitMQ's shortcut: an empty queue name is the last one declared."""
         if name:
@@ -214,25 +234,36 @@ class ChannelHandler:
             auto_delete=method.auto_delete,
             internal=method.internal,
             arguments=method.arguments,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Exchange.DeclareOk())
 
     def on_exchange_delete(self, method: commands.Exchange.Delete) -> None:
-        self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
+        self.vhost.delete_exchange(
+            method.exchange, if_unused=method.if_unused, authorize=self.authorize
+        )
         if not method.nowait:
             self.send(commands.Exchange.DeleteOk())
 
     def on_exchange_bind(self, method: commands.Exchange.Bind) -> None:
         self.vhost.bind_exchange(
-            method.destination, method.source, method.routing_key, method.arguments
+            method.destination,
+            method.source,
+            method.routing_key,
+            method.arguments,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Exchange.BindOk())
 
     def on_exchange_unbind(self, method: commands.Exchange.Unbind) -> None:
         self.vhost.unbind_exchange(
-            method.destination, method.source, method.routing_key, method.arguments
+            method.destination,
+            method.source,
+            method.routing_key,
+            method.arguments,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Exchange.UnbindOk())
@@ -252,6 +283,7 @@ class ChannelHandler:
             exclusive=method.exclusive,
             auto_delete=method.auto_delete,
             arguments=method.arguments,
+            authorize=self.authorize,
         )
         self.last_queue_name = queue.name
         if not method.nowait:
@@ -292,6 +324,7 @@ class ChannelHandler:
             routing_key,
             method.arguments,
             owner=self.connection,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Queue.BindOk())
@@ -307,12 +340,15 @@ class ChannelHandler:
             routing_key,
             method.arguments,
             owner=self.connection,
+            authorize=self.authorize,
         )
         self.send(commands.Queue.UnbindOk())
 
     def on_queue_purge(self, method: commands.Queue.Purge) -> None:
         count = self.vhost.purge_queue(
-            self._queue_name(method.queue), owner=self.connection
+            self._queue_name(method.queue),
+            owner=self.connection,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Queue.PurgeOk(message_count=count))
@@ -323,6 +359,7 @@ class ChannelHandler:
             owner=self.connection,
             if_unused=method.if_unused,
             if_empty=method.if_empty,
+            authorize=self.authorize,
         )
         if not method.nowait:
             self.send(commands.Queue.DeleteOk(message_count=count))
@@ -341,9 +378,9 @@ class ChannelHandler:
         if method.queue == REPLY_TO_QUEUE:
             self._consume_replies(method)
             return
-        queue = self.vhost.get_queue(
-            self._queue_name(method.queue), owner=self.connection
-        )
+        queue_name = self._queue_name(method.queue)
+        self.authorize(READ, "queue", queue_name)
+        queue = self.vhost.get_queue(queue_name, owner=self.connection)
         consumer = self.channel.consume(
             queue,
             method.consumer_tag,
@@ -388,9 +425,9 @@ class ChannelHandler:
         self.channel.cancel(method.consumer_tag)
 
     def on_basic_get(self, method: commands.Basic.Get) -> None:
-        queue = self.vhost.get_queue(
-            self._queue_name(method.queue), owner=self.connection
-        )
+        queue_name = self._queue_name(method.queue)
+        self.authorize(READ, "queue", queue_name)
+        queue = self.vhost.get_queue(queue_name, owner=self.connection)
         got = self.channel.get(queue, method.no_ack)
         if got is None:
             self.send(commands.Basic.GetEmpty())
@@ -508,6 +545,8 @@ class ChannelHandler:
         """A complete basic.publish: route it, and confirm it if asked."""
         if content.immediate:
             raise FeatureNotImplementedError("immediate=true")
+        if (WRITE, "exchange", content.exchange) not in self._permitted:
+            self.authorize(WRITE, "exchange", content.exchange)
         exchange = self.vhost.publish_target(content.exchange)
         if self.tx is not None:
             message, queues = self._resolve(exchange, content)

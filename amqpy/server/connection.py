@@ -176,6 +176,7 @@ class ConnectionHandler:
             self._vhost.owner_closed(self)
         self.server.connections.discard(self)
         if self.opened:
+            self.server.connection_released(self)
             LOGGER.info(
                 "closing AMQP connection %s (vhost '%s', user '%s')",
                 self.name,
@@ -450,24 +451,51 @@ class ConnectionHandler:
         )
 
     def _on_open(self, event: events.OpenReceived) -> None:
-        vhost = self.server.broker.vhosts.get(event.virtual_host)
+        broker = self.server.broker
+        vhost = broker.vhosts.get(event.virtual_host)
+        refusal = None
         if vhost is None:
+            refusal = f"vhost {event.virtual_host} not found"
+        elif not broker.access.can_access_vhost(self.username, vhost.name):
+            refusal = (
+                f"access to vhost '{vhost.name}' refused for user '{self.username}'"
+            )
+        else:
+            refusal = self._connection_limit_refusal(vhost)
+        if refusal is not None:
+            LOGGER.warning("%s: %s", self.name, refusal)
             self._close_connection(
-                ReplyCode.NOT_ALLOWED,
-                f"NOT_ALLOWED - vhost {event.virtual_host} not found",
-                10,
-                40,
+                ReplyCode.NOT_ALLOWED, f"NOT_ALLOWED - {refusal}", 10, 40
             )
             return
+        assert vhost is not None
         self._vhost = vhost
         self.protocol.accept_open()
         self.opened = True
+        self.server.connection_opened(self)
         LOGGER.info(
             "accepted AMQP connection %s (vhost '%s', user '%s')",
             self.name,
             vhost.name,
             self.username,
         )
+
+    def _connection_limit_refusal(self, vhost: VHost) -> str | None:
+        """RabbitMQ's vhost and user max-connections, checked at open."""
+        limit = vhost.limits.get("max-connections")
+        if limit is not None and self.server.vhost_connections[vhost.name] >= limit:
+            return (
+                f"access to vhost '{vhost.name}' refused for user "
+                f"'{self.username}': connection limit ({limit}) is reached"
+            )
+        user = self.server.broker.access.users.get(self.username)
+        limit = user.limits.get("max-connections") if user is not None else None
+        if limit is not None and self.server.user_connections[self.username] >= limit:
+            return (
+                f"Connection refused for user '{self.username}': user connection "
+                f"limit ({limit}) is reached"
+            )
+        return None
 
     # -- writer ----------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ import errno
 import logging
 import os
 import signal
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -76,15 +78,62 @@ class BrokerServer:
             open_log=self.store.open_log,
             scheduler=self.scheduler,
         )
-        self.broker.add_vhost(config.auth.default_vhost)
-        self.broker.add_user(
-            config.auth.default_user, config.auth.default_pass, ("administrator",)
-        )
         self.connections: set[ConnectionHandler] = set()
+        # Open (past connection.open) connections per vhost and per user,
+        # for the max-connections limits.
+        self.vhost_connections: Counter[str] = Counter()
+        self.user_connections: Counter[str] = Counter()
         self.port = 0
         self.failed = False  # a fail-stop error ended the broker
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
+
+    def connection_opened(self, connection: ConnectionHandler) -> None:
+        self.vhost_connections[connection.vhost.name] += 1
+        self.user_connections[connection.username] += 1
+
+    def connection_released(self, connection: ConnectionHandler) -> None:
+        for counter, key in (
+            (self.vhost_connections, connection.vhost.name),
+            (self.user_connections, connection.username),
+        ):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def close_connections(
+        self,
+        reply_code: int,
+        reply_text: str,
+        predicate: Callable[[ConnectionHandler], bool],
+    ) -> int:
+        """Close (from our side) every open connection `predicate` picks."""
+        chosen = [c for c in self.connections if c.opened and predicate(c)]
+        for connection in chosen:
+            connection.close(reply_code, reply_text)
+        return len(chosen)
+
+    def delete_vhost(self, name: str) -> bool:
+        """Close the vhost's connections, then drop it and all it holds."""
+        if name not in self.broker.vhosts:
+            return False
+        self.close_connections(
+            ReplyCode.CONNECTION_FORCED,
+            f"CONNECTION_FORCED - vhost '{name}' is deleted",
+            lambda connection: connection.vhost.name == name,
+        )
+        return self.broker.delete_vhost(name)
+
+    def delete_user(self, name: str) -> bool:
+        """Drop a user; their open connections are closed."""
+        if not self.broker.delete_user(name):
+            return False
+        self.close_connections(
+            ReplyCode.CONNECTION_FORCED,
+            f"CONNECTION_FORCED - user '{name}' was deleted",
+            lambda connection: connection.username == name,
+        )
+        return True
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -112,6 +161,9 @@ class BrokerServer:
         try:
             definitions = self._definitions.load()
             self.broker.import_definitions(definitions)
+            if "users" not in definitions:
+                # A new data folder (or one from before users were kept).
+                self._seed_defaults()
             self.store.check_formats()
             message_count = self.broker.recover_messages()
             self.store.remove_unused()
@@ -134,6 +186,17 @@ class BrokerServer:
             self._definitions.path,
         )
         LOGGER.info("recovered %d persistent messages", message_count)
+
+    def _seed_defaults(self) -> None:
+        auth = self.config.auth
+        configure, write, read = auth.default_permissions
+        self.broker.seed_defaults(
+            auth.default_user,
+            auth.default_pass,
+            auth.default_vhost,
+            auth.default_user_tags,
+            (configure, write, read),
+        )
 
     def _mark_definitions_changed(self) -> None:
         self.definitions_generation += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 from helpers.server_process import EXIT_TIMEOUT_S, REPO, Server
 
 RABBITMQ_EXPORT = REPO / "tests" / "data" / "rabbitmq-3.10-definitions.json"
@@ -72,9 +73,21 @@ def check_imported_broker_works(port: int) -> None:
     )
     assert declared.method.message_count == 0
     connection.close()
+    # Users, password hashes and permissions come from RabbitMQ's export:
+    # guest has no permissions on staging; alice ("s3cret") has.
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError, match="530"):
+        pika.BlockingConnection(
+            pika.ConnectionParameters(
+                "127.0.0.1", port, virtual_host="staging", socket_timeout=5
+            )
+        )
     staging = pika.BlockingConnection(
         pika.ConnectionParameters(
-            "127.0.0.1", port, virtual_host="staging", socket_timeout=5
+            "127.0.0.1",
+            port,
+            virtual_host="staging",
+            credentials=pika.PlainCredentials("alice", "s3cret"),
+            socket_timeout=5,
         )
     )
     staging.close()
