@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, help="AMQP port; 0 picks a free one")
     server.add_argument("--data-dir", help="folder for the broker's data")
     server.add_argument(
+        "--management-port",
+        type=int,
+        help="management HTTP API port (15672); 0 picks a free one",
+    )
+    server.add_argument("--management-bind", help="address of the management API")
+    server.add_argument(
+        "--no-management", action="store_true", help="run without the HTTP API"
+    )
+    server.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="log level",
@@ -110,9 +119,17 @@ def _server(args: argparse.Namespace) -> int:
         store["data_dir"] = args.data_dir
     if args.load_definitions:
         store["load_definitions"] = args.load_definitions
+    management: dict[str, Any] = {}
+    if args.management_port is not None:
+        management["port"] = args.management_port
+    if args.management_bind is not None:
+        management["bind"] = args.management_bind
+    if args.no_management:
+        management["enabled"] = False
     config = config.with_overrides(
         listener=listener,
         store=store,
+        management=management,
         log={"level": args.log_level} if args.log_level else {},
     )
     setup_logging(config.log.level)

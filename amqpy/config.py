@@ -97,6 +97,15 @@ class ServerConfig:
 
 
 @attrs.frozen
+class ManagementConfig:
+    # The HTTP API in the shape of RabbitMQ's management plugin, and /metrics.
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    # RabbitMQ's management.tcp.port; 0 picks a free one (logged at start).
+    port: int = 15672
+
+
+@attrs.frozen
 class LogConfig:
     level: str = "info"
 
@@ -109,6 +118,7 @@ class Config:
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
+    management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
 
     @classmethod
@@ -161,6 +171,8 @@ class Config:
         limits = self.limits
         if not 0 <= self.listener.port <= 65535:
             raise ConfigError(f"listener.port out of range: {self.listener.port}")
+        if not 0 <= self.management.port <= 65535:
+            raise ConfigError(f"management.port out of range: {self.management.port}")
         if not 4096 <= limits.frame_max <= 2**31 - 1:
             raise ConfigError("limits.frame_max must be between 4096 and 2^31-1")
         if not 1 <= limits.channel_max <= 65535:

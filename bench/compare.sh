@@ -36,7 +36,7 @@ AMQPY_PORT=$(free_port)
 RABBIT_PORT=$(free_port)
 DIST_PORT=$(free_port)
 
-"$PY" -m amqpy server --port "$AMQPY_PORT" --data-dir "$WORK/amqpy" --log-level warning \
+"$PY" -m amqpy server --port "$AMQPY_PORT" --data-dir "$WORK/amqpy" --no-management --log-level warning \
   2>"$WORK/amqpy.log" &
 AMQPY_PID=$!
 

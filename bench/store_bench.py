@@ -53,6 +53,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int, float]:
             str(data_dir),
             "--log-level",
             "info",
+            "--no-management",
         ],
         stderr=subprocess.PIPE,
         text=True,

@@ -66,6 +66,8 @@ class AmqpyProcess:
                 "0",
                 "--data-dir",
                 self.data_dir.name,
+                "--management-port",
+                "0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pika
 import pytest
+from helpers.management import Api
 from helpers.queue_features import unique_names
 from helpers.server_process import Server
 
@@ -63,6 +64,22 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., pika.BlockingConne
 @pytest.fixture
 def channel(connect: Callable[..., pika.BlockingConnection]) -> Any:
     return connect().channel()
+
+
+@pytest.fixture
+def managed_broker(
+    make_broker: Callable[..., EmbeddedBroker],
+) -> EmbeddedBroker:
+    """A broker with its management API on a free port."""
+    return make_broker(management={"enabled": True})
+
+
+@pytest.fixture
+def api(managed_broker: EmbeddedBroker) -> Iterator[Api]:
+    """The management API of `managed_broker`, as guest (administrator)."""
+    client = Api(managed_broker.management_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -261,11 +261,12 @@ class AccessControl:
             AccessRefusedError: the user's permission does not match.
         """
         permission = self.permissions.get((user, vhost))
-        # The default exchange is matched as "amq.default", as RabbitMQ does.
-        subject = name if name or resource != "exchange" else "amq.default"
-        if permission is None or not permission.allows(kind, subject):
+        # The default exchange is matched (and named) as "amq.default".
+        if not name and resource == "exchange":
+            name = "amq.default"
+        if permission is None or not permission.allows(kind, name):
             raise AccessRefusedError(
-                f"{kind} access to {resource} '{name}' in vhost '{vhost}' "
+                f"access to {resource} '{name}' in vhost '{vhost}' "
                 f"refused for user '{user}'"
             )
 

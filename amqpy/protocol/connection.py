@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pamqp import base as pamqp_base
@@ -180,6 +180,9 @@ class ServerConnection:
         self._frames: Iterator[tuple[int, int, bytes]] | None = None
         self._out = bytearray()
         self._channels: dict[int, _Channel] = {}
+        # Asked before a channel opens; a text refuses it with a 530
+        # connection close (RabbitMQ's per-user max-channels limit).
+        self.channel_open_refusal: Callable[[], str | None] | None = None
 
     # -- input ---------------------------------------------------------------
 
@@ -433,6 +436,10 @@ class ServerConnection:
                     f"number of channels opened ({len(self._channels)}) has reached "
                     f"the negotiated channel_max ({self.channel_max})",
                 )
+            if self.channel_open_refusal is not None:
+                refusal = self.channel_open_refusal()
+                if refusal is not None:
+                    raise ProtocolError(ReplyCode.NOT_ALLOWED, refusal)
             self._channels[channel_id] = _Channel()
             self._out += encode_method(channel_id, commands.Channel.OpenOk())
             return events.ChannelOpened(channel_id)

@@ -435,6 +435,7 @@ class ConnectionHandler:
             self._refuse_login(event.mechanism)
             return
         self.username = username
+        self.protocol.channel_open_refusal = self._user_channel_refusal
         self.protocol.start_tune()
 
     def _refuse_login(self, mechanism: str) -> None:
@@ -456,12 +457,15 @@ class ConnectionHandler:
         refusal = None
         if vhost is None:
             refusal = f"vhost {event.virtual_host} not found"
-        elif not broker.access.can_access_vhost(self.username, vhost.name):
-            refusal = (
-                f"access to vhost '{vhost.name}' refused for user '{self.username}'"
-            )
         else:
+            # RabbitMQ checks the vhost's connection limit first.
             refusal = self._connection_limit_refusal(vhost)
+            if refusal is None and not broker.access.can_access_vhost(
+                self.username, vhost.name
+            ):
+                refusal = (
+                    f"access to vhost '{vhost.name}' refused for user '{self.username}'"
+                )
         if refusal is not None:
             LOGGER.warning("%s: %s", self.name, refusal)
             self._close_connection(
@@ -492,10 +496,28 @@ class ConnectionHandler:
         limit = user.limits.get("max-connections") if user is not None else None
         if limit is not None and self.server.user_connections[self.username] >= limit:
             return (
-                f"Connection refused for user '{self.username}': user connection "
+                f"connection refused for user '{self.username}': user connection "
                 f"limit ({limit}) is reached"
             )
         return None
+
+    def _user_channel_refusal(self) -> str | None:
+        """RabbitMQ's per-user max-channels, across the user's connections."""
+        user = self.server.broker.access.users.get(self.username)
+        limit = user.limits.get("max-channels") if user is not None else None
+        if limit is None:
+            return None
+        opened = sum(
+            len(connection.channels)
+            for connection in self.server.connections
+            if connection.username == self.username
+        )
+        if opened < limit:
+            return None
+        return (
+            f"number of channels opened for user '{self.username}' has reached "
+            f"the maximum allowed user limit of ({limit})"
+        )
 
     # -- writer ----------------------------------------------------------------------
 

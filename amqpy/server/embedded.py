@@ -30,12 +30,17 @@ class EmbeddedBroker:
         """`overrides` are config sections: listener={"port": 0}, limits={...}."""
         config = config or Config()
         listener = {"port": 0, **overrides.pop("listener", {})}
+        # The management API only when asked for (management={"enabled":
+        # True}), then on a free port unless told one.
+        management = {"enabled": False, "port": 0, **overrides.pop("management", {})}
         self._data_dir: tempfile.TemporaryDirectory[str] | None = None
         store = overrides.pop("store", {})
         if "data_dir" not in store:
             self._data_dir = tempfile.TemporaryDirectory(prefix="amqpy-")
             store = {**store, "data_dir": self._data_dir.name}
-        self.config = config.with_overrides(listener=listener, store=store, **overrides)
+        self.config = config.with_overrides(
+            listener=listener, store=store, management=management, **overrides
+        )
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -51,6 +56,13 @@ class EmbeddedBroker:
     def url(self) -> str:
         auth = self.config.auth
         return f"amqp://{auth.default_user}:{auth.default_pass}@127.0.0.1:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        """The management API's base URL (http://127.0.0.1:PORT)."""
+        assert self._server is not None, "broker not started"
+        assert self._server.management_port, "management API not enabled"
+        return f"http://127.0.0.1:{self._server.management_port}"
 
     @property
     def server(self) -> BrokerServer:

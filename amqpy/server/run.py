@@ -84,6 +84,7 @@ class BrokerServer:
         self.vhost_connections: Counter[str] = Counter()
         self.user_connections: Counter[str] = Counter()
         self.port = 0
+        self.management_port = 0  # when the management API is enabled
         self.failed = False  # a fail-stop error ended the broker
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -130,7 +131,7 @@ class BrokerServer:
             return False
         self.close_connections(
             ReplyCode.CONNECTION_FORCED,
-            f"CONNECTION_FORCED - user '{name}' was deleted",
+            f"CONNECTION_FORCED - user '{name}' is deleted",
             lambda connection: connection.username == name,
         )
         return True
@@ -323,6 +324,13 @@ class BrokerServer:
             service_nursery.start_soon(self._committer_task)
             service_nursery.start_soon(self._disk_monitor_task)
             service_nursery.start_soon(self.scheduler.run)
+            if self.config.management.enabled:
+                # Imported here: the HTTP stack is not needed without it.
+                from amqpy.management.http import serve_management
+
+                self.management_port = await service_nursery.start(
+                    serve_management, self, trio.sleep_forever
+                )
             async with trio.open_nursery() as connections_nursery:
                 async with trio.open_nursery() as listener_nursery:
                     for listener in listeners:

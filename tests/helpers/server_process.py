@@ -20,6 +20,8 @@ class Server:
     """`python -m amqpy server ...` with its stderr read line by line."""
 
     def __init__(self, *args: str) -> None:
+        if "--management-port" not in args and "--no-management" not in args:
+            args = (*args, "--management-port", "0")  # never 15672 in tests
         self.process = subprocess.Popen(
             [sys.executable, "-m", "amqpy", "server", *args],
             stdin=subprocess.DEVNULL,
@@ -67,9 +69,14 @@ class Server:
         )
 
     def wait_listening(self, bind: str = "127.0.0.1") -> int:
-        match = self.wait_for_line(rf"listening on {re.escape(bind)}:(\d+)$")
+        match = self.wait_for_line(rf"run: listening on {re.escape(bind)}:(\d+)$")
         self.port = int(match.group(1))
         return self.port
+
+    def wait_management(self) -> str:
+        """The management API's base URL, once it listens."""
+        match = self.wait_for_line(r"management API listening on ([\d.]+:\d+)$")
+        return f"http://{match.group(1)}"
 
     def wait_exit(self, timeout: float = EXIT_TIMEOUT_S) -> int:
         code = self.process.wait(timeout)
