@@ -19,6 +19,8 @@ class ConfigError(Exception):
 
 @attrs.frozen
 class ListenerConfig:
+    # The plain AMQP listener; false for TLS only.
+    enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = 5672
     # Time to finish the handshake (header to connection.open), as RabbitMQ's
@@ -28,6 +30,23 @@ class ListenerConfig:
     shutdown_grace_s: float = 5.0
     # After we send connection.close, how long to wait for close-ok.
     close_timeout_s: float = 3.0
+
+
+@attrs.frozen
+class TlsConfig:
+    # The amqps listener, as RabbitMQ's listeners.ssl and ssl_options. It
+    # shares listener.handshake_timeout_s (TLS and AMQP handshakes together).
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 5671
+    certfile: str = ""
+    keyfile: str = ""
+    # CA certificates that client certificates are checked against.
+    cacertfile: str = ""
+    # Ask clients for a certificate and check it (RabbitMQ's verify_peer);
+    # with fail_if_no_peer_cert, a client without one is refused.
+    verify_peer: bool = False
+    fail_if_no_peer_cert: bool = False
 
 
 @attrs.frozen
@@ -85,6 +104,10 @@ class AuthConfig:
     # Users that may only connect from a loopback address (RabbitMQ's
     # loopback_users).
     loopback_users: tuple[str, ...] = ("guest",)
+    # SASL mechanisms offered, in order (RabbitMQ's auth_mechanisms). EXTERNAL
+    # is offered only on TLS connections with a verified client certificate;
+    # the user is the certificate's CN.
+    mechanisms: tuple[str, ...] = ("PLAIN", "AMQPLAIN")
 
 
 @attrs.frozen
@@ -103,6 +126,9 @@ class ManagementConfig:
     bind: str = "127.0.0.1"
     # RabbitMQ's management.tcp.port; 0 picks a free one (logged at start).
     port: int = 15672
+    # HTTPS instead of HTTP when both are given.
+    certfile: str = ""
+    keyfile: str = ""
 
 
 @attrs.frozen
@@ -113,6 +139,7 @@ class LogConfig:
 @attrs.frozen
 class Config:
     listener: ListenerConfig = ListenerConfig()
+    tls: TlsConfig = TlsConfig()
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
@@ -171,6 +198,16 @@ class Config:
         limits = self.limits
         if not 0 <= self.listener.port <= 65535:
             raise ConfigError(f"listener.port out of range: {self.listener.port}")
+        if not 0 <= self.tls.port <= 65535:
+            raise ConfigError(f"tls.port out of range: {self.tls.port}")
+        if self.tls.enabled and not (self.tls.certfile and self.tls.keyfile):
+            raise ConfigError("tls.enabled needs tls.certfile and tls.keyfile")
+        if self.tls.fail_if_no_peer_cert and not self.tls.verify_peer:
+            raise ConfigError("tls.fail_if_no_peer_cert needs tls.verify_peer")
+        if self.tls.verify_peer and not self.tls.cacertfile:
+            raise ConfigError("tls.verify_peer needs tls.cacertfile")
+        if not (self.listener.enabled or self.tls.enabled):
+            raise ConfigError("no listener: enable listener or tls")
         if not 0 <= self.management.port <= 65535:
             raise ConfigError(f"management.port out of range: {self.management.port}")
         if not 4096 <= limits.frame_max <= 2**31 - 1:
@@ -189,6 +226,9 @@ class Config:
             raise ConfigError("limits.outbox_low_water_bytes above the high mark")
         if not 0 <= self.heartbeat.interval_s <= 65535:
             raise ConfigError("heartbeat.interval_s must be between 0 and 65535")
+        unknown = set(self.auth.mechanisms) - {"PLAIN", "AMQPLAIN", "EXTERNAL"}
+        if unknown or not self.auth.mechanisms:
+            raise ConfigError("auth.mechanisms: choose from PLAIN, AMQPLAIN, EXTERNAL")
         if len(self.auth.default_permissions) != 3:
             raise ConfigError(
                 "auth.default_permissions must be [configure, write, read]"

@@ -60,6 +60,9 @@ async def serve_management(
     config.accesslog = None
     config.errorlog = logging.getLogger("amqpy.http")
     config.graceful_timeout = 1.0
+    if settings.certfile and settings.keyfile:
+        config.certfile = settings.certfile
+        config.keyfile = settings.keyfile
     app = keep_encoded_slashes(create_app(server, ENDPOINTS))
     async with trio.open_nursery() as nursery:
         try:

@@ -62,9 +62,24 @@ def server_properties(product: str, cluster_name: str) -> dict[str, Any]:
     }
 
 
+def certificate_common_name(stream: trio.SSLStream[Any]) -> str | None:
+    """The CN of the client's certificate, when the handshake verified one."""
+    try:
+        certificate = stream.getpeercert()
+    except (ValueError, AttributeError):
+        return None
+    if not certificate:
+        return None  # none sent, or not verified (verify_peer off)
+    for relative_name in certificate.get("subject", ()):
+        for key, value in relative_name:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 class ConnectionHandler:
     def __init__(
-        self, server: BrokerServer, stream: trio.SocketStream, peer: str, local: str
+        self, server: BrokerServer, stream: trio.abc.Stream, peer: str, local: str
     ) -> None:
         self.server = server
         config = server.config
@@ -72,10 +87,24 @@ class ConnectionHandler:
         self.stream = stream
         self.name = f"{peer} -> {local}"
         self.peer_host = peer.rsplit(":", 1)[0].strip("[]")
+        self.tls = isinstance(stream, trio.SSLStream)
+        # EXTERNAL (RabbitMQ's rabbitmq_auth_mechanism_ssl): the user named
+        # by a verified client certificate's CN, offered only then.
+        self.certificate_user = (
+            certificate_common_name(stream)
+            if isinstance(stream, trio.SSLStream)
+            else None
+        )
+        self.mechanisms = [
+            mechanism
+            for mechanism in config.auth.mechanisms
+            if mechanism != "EXTERNAL" or self.certificate_user is not None
+        ]
         self.protocol = ServerConnection(
             server_properties=server_properties(
                 config.server.product, config.server.cluster_name
             ),
+            mechanisms=" ".join(self.mechanisms),
             channel_max=config.limits.channel_max,
             frame_max=config.limits.frame_max,
             heartbeat=config.heartbeat.interval_s,
@@ -414,14 +443,26 @@ class ConnectionHandler:
     def _on_start_ok(self, event: events.StartOkReceived) -> None:
         self.client_properties = event.client_properties
         try:
-            username, password = parse_response(event.mechanism, event.response)
+            if event.mechanism not in self.mechanisms:
+                raise SaslError(
+                    f"unsupported authentication mechanism '{event.mechanism}'"
+                )
+            if event.mechanism == "EXTERNAL":
+                username, password = self.certificate_user or "", ""
+            else:
+                username, password = parse_response(event.mechanism, event.response)
         except SaslError as error:
             # An unknown mechanism or a malformed response: RabbitMQ closes
             # the socket without a close frame.
             LOGGER.warning("%s: %s, closing", self.name, error)
             self._abort()
             return
-        user = self.server.broker.authenticate(username, password)
+        if event.mechanism == "EXTERNAL":
+            # The certificate was verified by the TLS handshake; the user
+            # must exist, and no password is asked.
+            user = self.server.broker.access.users.get(username)
+        else:
+            user = self.server.broker.authenticate(username, password)
         if user is None:
             LOGGER.warning("%s: user '%s' failed to authenticate", self.name, username)
             self._refuse_login(event.mechanism)

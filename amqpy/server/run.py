@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import signal
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import trio
 
 from amqpy.broker.broker import Broker
-from amqpy.config import Config, ConfigError
+from amqpy.config import Config, ConfigError, TlsConfig
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
@@ -85,6 +86,7 @@ class BrokerServer:
         self.user_connections: Counter[str] = Counter()
         self.port = 0
         self.management_port = 0  # when the management API is enabled
+        self.tls_port = 0  # when the TLS listener is enabled
         self.failed = False  # a fail-stop error ended the broker
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -308,23 +310,42 @@ class BrokerServer:
             if not handler.release_confirms(generation):
                 self.awaiting_confirms.discard(handler)
 
-    async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
-        bind, port = self.config.listener.bind, self.config.listener.port
+    async def _open_listeners(
+        self, bind: str, port: int, what: str
+    ) -> list[trio.SocketListener]:
         try:
             listeners = await trio.open_tcp_listeners(port, host=bind)
         except OSError as error:
             raise OSError(
-                error.errno, f"cannot listen on {bind}:{port}: {error.strerror}"
+                error.errno, f"cannot listen on {bind}:{port}{what}: {error.strerror}"
             ) from error
-        sockname = listeners[0].socket.getsockname()
-        self.port = sockname[1]
-        LOGGER.info("listening on %s:%d", self.config.listener.bind, self.port)
+        return listeners
+
+    async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
+        config = self.config
+        # (listener, TLS context or None for plain AMQP)
+        listeners: list[tuple[trio.SocketListener, ssl.SSLContext | None]] = []
+        if config.listener.enabled:
+            plain = await self._open_listeners(
+                config.listener.bind, config.listener.port, ""
+            )
+            self.port = plain[0].socket.getsockname()[1]
+            LOGGER.info("listening on %s:%d", config.listener.bind, self.port)
+            listeners += [(listener, None) for listener in plain]
+        if config.tls.enabled:
+            context = tls_context(config.tls)
+            secure = await self._open_listeners(
+                config.tls.bind, config.tls.port, " (TLS)"
+            )
+            self.tls_port = secure[0].socket.getsockname()[1]
+            LOGGER.info("TLS listening on %s:%d", config.tls.bind, self.tls_port)
+            listeners += [(listener, context) for listener in secure]
         async with trio.open_nursery() as service_nursery:
             service_nursery.start_soon(self._definitions_writer_task)
             service_nursery.start_soon(self._committer_task)
             service_nursery.start_soon(self._disk_monitor_task)
             service_nursery.start_soon(self.scheduler.run)
-            if self.config.management.enabled:
+            if config.management.enabled:
                 # Imported here: the HTTP stack is not needed without it.
                 from amqpy.management.http import serve_management
 
@@ -333,14 +354,14 @@ class BrokerServer:
                 )
             async with trio.open_nursery() as connections_nursery:
                 async with trio.open_nursery() as listener_nursery:
-                    for listener in listeners:
+                    for listener, context in listeners:
                         listener_nursery.start_soon(
-                            self._accept_loop, listener, connections_nursery
+                            self._accept_loop, listener, context, connections_nursery
                         )
                     task_status.started(self.port)
                     await self._shutdown.wait()
                     listener_nursery.cancel_scope.cancel()
-                for listener in listeners:
+                for listener, _ in listeners:
                     await listener.aclose()
                 await self._close_connections(connections_nursery)
             service_nursery.cancel_scope.cancel()
@@ -360,7 +381,10 @@ class BrokerServer:
         )
 
     async def _accept_loop(
-        self, listener: trio.SocketListener, nursery: trio.Nursery
+        self,
+        listener: trio.SocketListener,
+        context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
     ) -> None:
         while True:
             try:
@@ -371,16 +395,24 @@ class BrokerServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            nursery.start_soon(self._run_connection, stream)
+            nursery.start_soon(self._run_connection, stream, context)
 
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
+    async def _run_connection(
+        self, stream: trio.SocketStream, context: ssl.SSLContext | None
+    ) -> None:
         try:
             peer = _format_address(stream.socket.getpeername())
             local = _format_address(stream.socket.getsockname())
         except OSError:
             await stream.aclose()
             return
-        handler = ConnectionHandler(self, stream, peer, local)
+        connection_stream: trio.abc.Stream = stream
+        if context is not None:
+            secure = await self._tls_handshake(stream, context, peer)
+            if secure is None:
+                return
+            connection_stream = secure
+        handler = ConnectionHandler(self, connection_stream, peer, local)
         self.connections.add(handler)
         LOGGER.debug("accepting AMQP connection %s", handler.name)
         try:
@@ -390,6 +422,51 @@ class BrokerServer:
             LOGGER.exception("connection %s crashed", handler.name)
         finally:
             self.connections.discard(handler)
+
+    async def _tls_handshake(
+        self, stream: trio.SocketStream, context: ssl.SSLContext, peer: str
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """The TLS stream once the handshake is done; None (socket closed, a
+        log line) when it fails or takes longer than the handshake timeout."""
+        secure = trio.SSLStream(stream, context, server_side=True)
+        reason = None
+        with trio.move_on_after(self.config.listener.handshake_timeout_s) as scope:
+            try:
+                await secure.do_handshake()
+            except trio.BrokenResourceError as error:
+                cause = error.__cause__
+                reason = str(cause or "connection closed during the handshake")
+        if scope.cancelled_caught:
+            reason = "handshake timeout"
+        if reason is None:
+            return secure
+        LOGGER.warning("TLS handshake with %s failed: %s", peer, reason)
+        with trio.move_on_after(1) as close_scope:
+            close_scope.shield = True
+            await stream.aclose()
+        return None
+
+
+def tls_context(settings: TlsConfig) -> ssl.SSLContext:
+    """The server's TLS context, as RabbitMQ's ssl_options describe it.
+
+    Raises:
+        StartupError: a certificate, key or CA file cannot be loaded.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+        if settings.cacertfile:
+            context.load_verify_locations(settings.cacertfile)
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(f"cannot load the TLS certificates: {error}") from error
+    if settings.fail_if_no_peer_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif settings.verify_peer:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _format_address(address: object) -> str:
