@@ -15,6 +15,7 @@ from amqpy import __version__
 from amqpy.broker.broker import Broker
 from amqpy.config import Config, ConfigError
 from amqpy.log import setup_logging
+from amqpy.management import commands as management_commands
 from amqpy.server.run import StartupError, StoreFailedError, run_broker
 from amqpy.store.definitions import (
     DefinitionsStore,
@@ -30,7 +31,8 @@ LOGGER = logging.getLogger("amqpy")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amqpy", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    management_commands.add_api_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server = commands.add_parser("server", help="run the broker")
     server.add_argument("--config", help="TOML config file (conf/amqpy.toml)")
     server.add_argument("--bind", help="address to listen on")
@@ -60,13 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     verbs = definitions.add_subparsers(dest="verb", required=True)
     for verb, text in (
-        ("export", "write the broker's durable definitions to FILE (- for stdout)"),
-        ("import", "add FILE's definitions to a stopped broker's data folder"),
+        ("export", "write the broker's definitions to FILE (- for stdout)"),
+        ("import", "add FILE's definitions to the broker"),
     ):
-        parser_ = verbs.add_parser(verb, help=text)
+        parser_ = verbs.add_parser(
+            verb,
+            help=text,
+            description=f"{text}: through the management API, or with --data-dir "
+            "(or --config) in a broker's data folder (import: a stopped broker's)",
+        )
         parser_.add_argument("file", metavar="FILE")
         parser_.add_argument("--config", help="TOML config file")
         parser_.add_argument("--data-dir", help="the broker's data folder")
+        management_commands.add_definitions_api(parser_, verb)
+    management_commands.add_parsers(commands)
     return parser
 
 
@@ -142,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "server":
             return _server(args)
-        if args.command == "definitions":
+        if args.command == "definitions" and (args.data_dir or args.config):
             return _definitions(args)
+        # Every other command talks to the management API.
+        return management_commands.run(args)
     except ConfigError as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 2
@@ -167,7 +178,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for error in errors:
             print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 2 if isinstance(errors[0], ConfigError) else 1
-    return 2
 
 
 def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -120,6 +120,16 @@ class ServerConfig:
 
 
 @attrs.frozen
+class MemoryConfig:
+    # RabbitMQ's vm_memory_high_watermark: above this fraction of the
+    # machine's RAM (or high_watermark_bytes when > 0), publishers are
+    # blocked (connection.blocked "low on memory") until usage falls.
+    high_watermark: float = 0.4
+    high_watermark_bytes: int = 0
+    check_interval_s: float = 1.0
+
+
+@attrs.frozen
 class ManagementConfig:
     # The HTTP API in the shape of RabbitMQ's management plugin, and /metrics.
     enabled: bool = True
@@ -145,6 +155,7 @@ class Config:
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     auth: AuthConfig = AuthConfig()
     server: ServerConfig = ServerConfig()
+    memory: MemoryConfig = MemoryConfig()
     management: ManagementConfig = ManagementConfig()
     log: LogConfig = LogConfig()
 
@@ -198,6 +209,12 @@ class Config:
         limits = self.limits
         if not 0 <= self.listener.port <= 65535:
             raise ConfigError(f"listener.port out of range: {self.listener.port}")
+        if not 0 < self.memory.high_watermark <= 1:
+            raise ConfigError("memory.high_watermark must be in (0, 1]")
+        if self.memory.high_watermark_bytes < 0:
+            raise ConfigError("memory.high_watermark_bytes must not be negative")
+        if self.memory.check_interval_s <= 0:
+            raise ConfigError("memory.check_interval_s must be positive")
         if not 0 <= self.tls.port <= 65535:
             raise ConfigError(f"tls.port out of range: {self.tls.port}")
         if self.tls.enabled and not (self.tls.certfile and self.tls.keyfile):

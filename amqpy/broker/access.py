@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -177,12 +179,37 @@ class Permission:
         }
 
 
+class PermissionCache(dict[tuple[str, str, str], None]):
+    """A channel's passed checks (permission, kind, name), oldest first.
+
+    RabbitMQ keeps the last 12 per channel and drops them when the channel
+    has been idle for about a second, so a revoked permission stops working
+    soon. Here AccessControl empties every cache when permissions change:
+    a revocation is seen by the next check, on open channels too.
+    """
+
+
 class AccessControl:
     """Users and their permissions; the broker's internal auth backend."""
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}  # (user, vhost)
+        # Weak: a closed channel's cache goes with it.
+        self._caches: weakref.WeakValueDictionary[int, PermissionCache] = (
+            weakref.WeakValueDictionary()
+        )
+        self._cache_ids = itertools.count()
+
+    def new_cache(self) -> PermissionCache:
+        """An empty cache for a channel, emptied on permission changes."""
+        cache = PermissionCache()
+        self._caches[next(self._cache_ids)] = cache
+        return cache
+
+    def _forget_cached_checks(self) -> None:
+        for cache in list(self._caches.values()):
+            cache.clear()
 
     # -- users -------------------------------------------------------------------
 
@@ -223,6 +250,7 @@ class AccessControl:
             return False
         for key in [key for key in self.permissions if key[0] == name]:
             del self.permissions[key]
+        self._forget_cached_checks()
         return True
 
     def authenticate(self, name: str, password: str) -> User | None:
@@ -241,14 +269,17 @@ class AccessControl:
         """
         permission = Permission(user, vhost, configure, write, read)
         self.permissions[(user, vhost)] = permission
+        self._forget_cached_checks()
         return permission
 
     def clear_permissions(self, user: str, vhost: str) -> bool:
+        self._forget_cached_checks()
         return self.permissions.pop((user, vhost), None) is not None
 
     def forget_vhost(self, vhost: str) -> None:
         for key in [key for key in self.permissions if key[1] == vhost]:
             del self.permissions[key]
+        self._forget_cached_checks()
 
     def can_access_vhost(self, user: str, vhost: str) -> bool:
         return (user, vhost) in self.permissions

@@ -231,6 +231,60 @@ class Broker:
             vhost.set_policies([policy for policy in policies if policy.vhost == name])
         self._on_durable_change()
 
+    def set_policy(self, entry: Mapping[str, Any]) -> bool:
+        """Add or replace one policy (RabbitMQ's set_policy), kept in the
+        definitions entry shape; True when it is new.
+
+        Raises:
+            KeyError: no such vhost.
+            ValueError: a malformed policy.
+        """
+        policy = Policy.from_definition(entry)
+        if policy.vhost not in self.vhosts:
+            raise KeyError(policy.vhost)
+        entries = self.kept_definitions.get("policies", [])
+        others = [item for item in entries if not _same_policy(item, policy)]
+        self.apply_policies([*others, dict(entry)])
+        return len(others) == len(entries)
+
+    def delete_policy(self, vhost: str, name: str) -> bool:
+        entries = self.kept_definitions.get("policies", [])
+        others = [
+            item
+            for item in entries
+            if not (item.get("vhost", "/") == vhost and item.get("name") == name)
+        ]
+        if len(others) == len(entries):
+            return False
+        self.apply_policies(others)
+        return True
+
+    def set_vhost_metadata(
+        self, name: str, description: str, tags: tuple[str, ...]
+    ) -> None:
+        """Replace a vhost's description and tags (empty ones included, as a
+        PUT of an existing vhost does in RabbitMQ).
+
+        Raises:
+            KeyError: no such vhost.
+        """
+        if name not in self.vhosts:
+            raise KeyError(name)
+        entry = self._vhost_entries.setdefault(name, {"name": name, "limits": []})
+        entry["metadata"] = {"description": description, "tags": list(tags)}
+        self._on_durable_change()
+
+    def set_user_limits(self, name: str, limits: Mapping[str, Any]) -> None:
+        """Replace a user's limits (RabbitMQ's set_user_limits).
+
+        Raises:
+            KeyError: no such user.
+            ValueError: an unknown limit or a value that is not an integer.
+        """
+        user = self.access.users[name]
+        user.limits = parse_limits(limits, USER_LIMITS)
+        self._on_durable_change()
+
     def recover_messages(self) -> int:
         """Load every durable queue's unacked persistent messages.
 
@@ -323,3 +377,7 @@ class Broker:
                 of_vhost("queues", name),
                 of_vhost("bindings", name),
             )
+
+
+def _same_policy(entry: Mapping[str, Any], policy: Policy) -> bool:
+    return entry.get("vhost", "/") == policy.vhost and entry.get("name") == policy.name

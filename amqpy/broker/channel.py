@@ -106,29 +106,40 @@ class Channel:
     def deliver(self, consumer: Consumer, entry: QueueEntry) -> None:
         delivery_tag = self._next_delivery_tag
         self._next_delivery_tag = delivery_tag + 1
+        queue = consumer.queue
         if not consumer.no_ack:
-            self.unacked[delivery_tag] = Unacked(
-                delivery_tag, consumer.queue, entry, consumer
-            )
+            self.unacked[delivery_tag] = Unacked(delivery_tag, queue, entry, consumer)
             consumer.unacked += 1
             self.consumer_unacked += 1
-            consumer.queue.unacked_count += 1
-        elif entry.persisted:
-            consumer.queue.settle(entry)
-        self.sink.deliver(consumer.tag, delivery_tag, entry.redelivered, entry.message)
+            queue.unacked_count += 1
+            queue.stat_deliver += 1
+        else:
+            queue.stat_deliver_no_ack += 1
+            if entry.persisted:
+                queue.settle(entry)
+        redelivered = entry.redelivered
+        if redelivered:
+            queue.stat_redeliver += 1
+        self.sink.deliver(consumer.tag, delivery_tag, redelivered, entry.message)
 
     def get(self, queue: Queue, no_ack: bool) -> tuple[int, QueueEntry] | None:
         """basic.get: the head message and its delivery tag, or None."""
         entry = queue.take()
         if entry is None:
+            queue.stat_get_empty += 1
             return None
         delivery_tag = self._next_delivery_tag
         self._next_delivery_tag = delivery_tag + 1
         if not no_ack:
             self.unacked[delivery_tag] = Unacked(delivery_tag, queue, entry, None)
             queue.unacked_count += 1
-        elif entry.persisted:
-            queue.settle(entry)
+            queue.stat_get += 1
+        else:
+            queue.stat_get_no_ack += 1
+            if entry.persisted:
+                queue.settle(entry)
+        if entry.redelivered:
+            queue.stat_redeliver += 1
         return delivery_tag, entry
 
     # -- consumers -------------------------------------------------------------
@@ -237,8 +248,10 @@ class Channel:
     def _forget(taken: list[Unacked]) -> None:
         """Acked: the messages are done with for good."""
         for item in taken:
+            queue = item.queue
+            queue.stat_ack += 1
             if item.entry.persisted:
-                item.queue.settle(item.entry)
+                queue.settle(item.entry)
 
     @staticmethod
     def _discard(taken: list[Unacked]) -> None:

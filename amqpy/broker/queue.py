@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqpy.broker.dead_letter import EXPIRED, MAXLEN
 from amqpy.broker.ready import FifoMessages, PriorityMessages
+from amqpy.broker.stats import count_dead_lettered
 from amqpy.broker.timers import Scheduler, Timer
 from amqpy.model.message import Message
 from amqpy.store.queue_log import QueueLog, StoredMessage
@@ -145,6 +146,18 @@ class Queue:
         self._consumer_priorities = False  # some consumer has x-priority != 0
         self._expiry_timer: Timer | None = None
         self._idle_timer: Timer | None = None
+        # Message counters (amqpy.broker.stats.QUEUE_COUNTERS): plain ints,
+        # bumped where the event happens anyway.
+        self.stat_publish = 0
+        self.stat_deliver = 0
+        self.stat_deliver_no_ack = 0
+        self.stat_get = 0
+        self.stat_get_no_ack = 0
+        self.stat_get_empty = 0
+        self.stat_ack = 0
+        self.stat_redeliver = 0
+        # (reason, dead-letter strategy) -> messages; None until one is.
+        self.stat_dead_lettered: dict[tuple[str, str], int] | None = None
         self.configure(self.arguments)
 
     def configure(self, settings: Mapping[str, Any]) -> None:
@@ -212,6 +225,7 @@ class Queue:
         ):
             if self.overflow == "reject-publish-dlx":
                 self._next_seq += 1
+                count_dead_lettered(self, MAXLEN, 1)
                 self._dead_letter([QueueEntry(message, self._next_seq)], MAXLEN)
             return False
         self._next_seq += 1
@@ -322,6 +336,7 @@ class Queue:
         for entry in entries:
             if entry.persisted:
                 self.settle(entry)
+        count_dead_lettered(self, reason, len(entries))
         self._dead_letter(entries, reason)
 
     def _dead_letter(self, entries: list[QueueEntry], reason: str) -> None:

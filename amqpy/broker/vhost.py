@@ -36,6 +36,7 @@ from amqpy.broker.policy import (
     queue_settings,
 )
 from amqpy.broker.queue import Queue, QueueEntry
+from amqpy.broker.stats import Counts
 from amqpy.broker.timers import Scheduler
 from amqpy.model.message import (
     REPLY_TO_PREFIX,
@@ -113,6 +114,8 @@ class VHost:
         self.limits: dict[str, int] = {}
         # Direct reply-to: token -> delivers a reply to that channel's consumer.
         self.reply_consumers: dict[str, Callable[[Message], None]] = {}
+        # Message counters of its deleted queues and closed channels.
+        self.retired = Counts()
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
             self.exchanges[exchange_name] = EXCHANGE_TYPES[type_name](
                 exchange_name, durable=True
@@ -329,13 +332,6 @@ class VHost:
                 f"queue name '{name}' contains reserved prefix 'amq.*'"
             )
         authorize(CONFIGURE, "queue", name)
-        try:
-            validate_queue_arguments(arguments)
-        except InvalidArgumentError as error:
-            raise PreconditionFailedError(
-                f"invalid arg '{error.key}' for {self._describe('queue', name)}: "
-                f"{error.detail}"
-            ) from error
         existing = self.queues.get(name)
         if existing is not None:
             self._check_exclusive_access(existing, owner if exclusive else None)
@@ -369,6 +365,16 @@ class VHost:
         if dead_letter_exchange is not None:
             authorize(READ, "queue", name)
             authorize(WRITE, "exchange", dead_letter_exchange)
+        # RabbitMQ validates the arguments of a new queue only, after the
+        # queue limit and the dead-letter permission checks (an existing
+        # queue's are compared for equivalence instead).
+        try:
+            validate_queue_arguments(arguments)
+        except InvalidArgumentError as error:
+            raise PreconditionFailedError(
+                f"invalid arg '{error.key}' for {self._describe('queue', name)}: "
+                f"{error.detail}"
+            ) from error
         queue = self.new_queue(
             name,
             durable=durable,
@@ -429,6 +435,7 @@ class VHost:
             return
         queue.deleted = True
         self.queues.pop(queue.name, None)
+        self.retired.add_queue(queue)
         if queue.exclusive_owner is not None:
             owned = self._exclusive.get(queue.exclusive_owner)
             if owned is not None:

@@ -41,6 +41,9 @@ LOGGER = logging.getLogger("amqpy.management")
 
 REALM = 'Basic realm="RabbitMQ Management"'
 
+# The user of a public endpoint's requests (no name, tags or permissions).
+ANONYMOUS = User(name="", password_hash="")
+
 
 class Level(enum.IntEnum):
     """What a user's tags let them do in the API, as RabbitMQ's tags."""
@@ -165,6 +168,9 @@ class Endpoint:
     handler: Handler
     # The least a user needs to get in (their tags); endpoints check more.
     level: Level = Level.MANAGEMENT
+    # Served without authentication (as RabbitMQ's Prometheus /metrics); the
+    # handler's context has a user with no name, no tags and no vhosts.
+    public: bool = False
 
 
 def _credentials(request: Request) -> tuple[str, str] | None:
@@ -216,7 +222,10 @@ def _is_loopback(host: str) -> bool:
 def _wrap(server: BrokerServer, endpoint: Endpoint) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Request) -> Response:
         try:
-            user, level = _authenticate(server, request)
+            if endpoint.public:
+                user, level = ANONYMOUS, Level.MANAGEMENT
+            else:
+                user, level = _authenticate(server, request)
             context = Context(request, server, user, level)
             context.require(endpoint.level)
             result = await endpoint.handler(context)

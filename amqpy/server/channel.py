@@ -102,9 +102,27 @@ class ChannelHandler:
         # Direct reply-to: the consumer tag and the token of this channel's
         # consumer of amq.rabbitmq.reply-to (RabbitMQ's reply_consumer).
         self.reply_consumer: tuple[str, str] | None = None
-        # Permission checks that passed, as RabbitMQ's channel caches them:
-        # a revoked permission is seen by channels opened afterwards.
-        self._permitted: dict[tuple[str, str, str], None] = {}
+        # Permission checks that passed, as RabbitMQ's channel caches them;
+        # emptied when permissions change, so a revocation is seen at once.
+        self._permitted = connection.server.broker.access.new_cache()
+        # Message counters (amqpy.broker.stats.CHANNEL_COUNTERS).
+        self.stat_publish = 0
+        self.stat_publish_refused = 0
+        self.stat_tx_publish = 0
+        self.stat_confirm = 0
+        self.stat_return_unroutable = 0
+        self.stat_drop_unroutable = 0
+        connection.broker_stats.channels_opened += 1
+
+    @property
+    def stat_publish_confirm(self) -> int:
+        """Publishes in confirm or tx mode (RabbitMQ's received_confirm)."""
+        return self.next_publish_seq_no - 1 + self.stat_tx_publish
+
+    @property
+    def unconfirmed_count(self) -> int:
+        """Publishes whose confirm waits for the disk (messages_unconfirmed)."""
+        return sum(1 for reply, _ in self._pending_replies if isinstance(reply, int))
 
     # -- DeliverySink ----------------------------------------------------------
 
@@ -188,6 +206,10 @@ class ChannelHandler:
             )
             self.tx = None
         self._drop_reply_consumer()
+        if not self.channel.closed:
+            # Its counts live on in the vhost's (amqpy.broker.stats).
+            self.vhost.retired.add_channel(self)
+            self.connection.broker_stats.channels_closed += 1
         self.channel.close()
         self._pending_replies.clear()
         self.connection.server.awaiting_confirms.discard(self)
@@ -545,12 +567,15 @@ class ChannelHandler:
         """A complete basic.publish: route it, and confirm it if asked."""
         if content.immediate:
             raise FeatureNotImplementedError("immediate=true")
+        # Counted before any check, as RabbitMQ's messages_received.
+        self.stat_publish += 1
         if (WRITE, "exchange", content.exchange) not in self._permitted:
             self.authorize(WRITE, "exchange", content.exchange)
         exchange = self.vhost.publish_target(content.exchange)
         if self.tx is not None:
             message, queues = self._resolve(exchange, content)
             self.tx.append(TxPublish(message, queues, content))
+            self.stat_tx_publish += 1
             return
         if not self.confirm_mode:
             self._route(exchange, content)
@@ -662,8 +687,10 @@ class ChannelHandler:
         if queues:
             for queue in queues:
                 if not queue.deleted:  # deleted since a transaction routed it
+                    queue.stat_publish += 1
                     accepted = queue.enqueue(message) and accepted
         elif content.mandatory:
+            self.stat_return_unroutable += 1
             self.connection.send_raw(
                 frames.encode_return(
                     self.channel_id,
@@ -679,6 +706,8 @@ class ChannelHandler:
                     self.connection.frame_max,
                 )
             )
+        else:
+            self.stat_drop_unroutable += 1
         return accepted
 
     def _reply_when_durable(
@@ -698,6 +727,7 @@ class ChannelHandler:
 
     def _send_durable_reply(self, reply: int | pamqp_base.Frame, count: int) -> None:
         if isinstance(reply, int):
+            self.stat_confirm += count
             self.send(commands.Basic.Ack(delivery_tag=reply, multiple=count > 1))
         else:
             self.send(reply)

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import platform
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from pamqp import commands
 from amqpy import __version__
 from amqpy.broker.channel import Channel
 from amqpy.broker.errors import AmqpError
+from amqpy.broker.stats import broker_stats
 from amqpy.broker.vhost import VHost
 from amqpy.protocol import events
 from amqpy.protocol.connection import ConnectionState, ServerConnection
@@ -82,6 +84,8 @@ class ConnectionHandler:
         self, server: BrokerServer, stream: trio.abc.Stream, peer: str, local: str
     ) -> None:
         self.server = server
+        # Connection and channel churn counters (amqpy.broker.stats).
+        self.broker_stats = broker_stats(server.broker)
         config = server.config
         self.config = config
         self.stream = stream
@@ -136,6 +140,10 @@ class ConnectionHandler:
         self.last_received = now
         self.last_sent = now
         self.opened = False
+        # For the management API: when it connected (epoch ms), and how the
+        # client logged in.
+        self.connected_at = int(time.time() * 1000)
+        self.auth_mechanism = ""
         self._nursery: trio.Nursery | None = None
 
     # -- facts the channels use --------------------------------------------------
@@ -204,6 +212,8 @@ class ConnectionHandler:
         if self._vhost is not None:
             self._vhost.owner_closed(self)
         self.server.connections.discard(self)
+        # RabbitMQ counts every connection that ends, opened or not.
+        self.broker_stats.connections_closed += 1
         if self.opened:
             self.server.connection_released(self)
             LOGGER.info(
@@ -364,6 +374,9 @@ class ConnectionHandler:
                 try:
                     handler.on_publish(event)
                 except AmqpError as error:
+                    # Received, but never routed (RabbitMQ's channel stats
+                    # leave it out of "publish").
+                    handler.stat_publish_refused += 1
                     self._amqp_error(event.channel_id, error, 60, 40)
             return
         if type(event) is events.MethodReceived:
@@ -476,6 +489,7 @@ class ConnectionHandler:
             self._refuse_login(event.mechanism)
             return
         self.username = username
+        self.auth_mechanism = event.mechanism
         self.protocol.channel_open_refusal = self._user_channel_refusal
         self.protocol.start_tune()
 
@@ -518,6 +532,8 @@ class ConnectionHandler:
         self.protocol.accept_open()
         self.opened = True
         self.server.connection_opened(self)
+        self.broker_stats.connections_opened += 1
+        self.broker_stats.track(vhost)
         LOGGER.info(
             "accepted AMQP connection %s (vhost '%s', user '%s')",
             self.name,

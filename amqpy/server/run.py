@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -14,7 +16,7 @@ from pathlib import Path
 import trio
 
 from amqpy.broker.broker import Broker
-from amqpy.config import Config, ConfigError, TlsConfig
+from amqpy.config import Config, ConfigError, MemoryConfig, TlsConfig
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
@@ -71,6 +73,7 @@ class BrokerServer:
         self.alarms: set[str] = set()
         self._alarms_cleared = trio.Event()
         self.disk_free_limit_bytes = config.store.disk_free_limit_bytes
+        self.memory_limit_bytes = memory_limit_bytes(config.memory)
         # Channels with confirms waiting for a group commit.
         self.awaiting_confirms: set[ChannelHandler] = set()
         self.scheduler = TrioScheduler()
@@ -281,6 +284,20 @@ class BrokerServer:
                 self.set_alarm("disk", free < self.disk_free_limit_bytes)
             await trio.sleep(interval)
 
+    async def _memory_monitor_task(self) -> None:
+        """RabbitMQ's memory alarm: resident memory above the high watermark
+        blocks publishers; consumers go on draining, which frees it."""
+        interval = self.config.memory.check_interval_s
+        while True:
+            used = resident_memory_bytes()
+            if used is not None and self.memory_limit_bytes:
+                if used > self.memory_limit_bytes and release_free_memory():
+                    # Freed memory may still be counted: the C allocator
+                    # keeps it until trimmed. Count what is really in use.
+                    used = resident_memory_bytes() or used
+                self.set_alarm("memory", used > self.memory_limit_bytes)
+            await trio.sleep(interval)
+
     async def wait_store_committed(self) -> None:
         """Until the next group commit has finished."""
         await self._store_committed.wait()
@@ -344,6 +361,7 @@ class BrokerServer:
             service_nursery.start_soon(self._definitions_writer_task)
             service_nursery.start_soon(self._committer_task)
             service_nursery.start_soon(self._disk_monitor_task)
+            service_nursery.start_soon(self._memory_monitor_task)
             service_nursery.start_soon(self.scheduler.run)
             if config.management.enabled:
                 # Imported here: the HTTP stack is not needed without it.
@@ -445,6 +463,42 @@ class BrokerServer:
             close_scope.shield = True
             await stream.aclose()
         return None
+
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def memory_limit_bytes(settings: MemoryConfig) -> int:
+    """The memory high watermark in bytes (0 when it cannot be known)."""
+    if settings.high_watermark_bytes:
+        return settings.high_watermark_bytes
+    return int(total_memory_bytes() * settings.high_watermark)
+
+
+def release_free_memory() -> bool:
+    """Give memory the C allocator holds but nobody uses back to the system
+    (glibc's malloc_trim); False where that is not available."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident set size (Linux), None where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def tls_context(settings: TlsConfig) -> ssl.SSLContext:

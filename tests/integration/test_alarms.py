@@ -11,6 +11,7 @@ from typing import Any
 import pika
 
 from amqpy.server.embedded import EmbeddedBroker
+from amqpy.server.run import resident_memory_bytes
 
 NO_DISK = {"disk_free_limit_bytes": 10**18, "disk_check_interval_s": 0.05}
 
@@ -90,3 +91,56 @@ def test_client_without_capability_is_held_silently(
         connection.process_data_events(time_limit=0.05)
     connection.close()
     other_connection.close()
+
+
+def test_memory_alarm_blocks_publishers_until_consumers_free_memory(
+    make_broker: Callable[..., EmbeddedBroker],
+) -> None:
+    """RabbitMQ's vm_memory_high_watermark: with memory above the mark,
+    publishers get connection.blocked "low on memory" and nothing they send
+    is taken in; a purge frees the memory and they are unblocked."""
+    broker = make_broker(memory={"check_interval_s": 0.05})
+    parameters = pika.ConnectionParameters("127.0.0.1", broker.port, socket_timeout=5)
+    filler = pika.BlockingConnection(parameters)
+    fill = filler.channel()
+    fill.queue_declare("big")
+    fill.queue_declare("small")
+    fill.confirm_delivery()
+    # The broker runs in this process. 1 MiB bodies are each their own
+    # allocation, given back to the system when freed.
+    baseline = resident_memory_bytes()
+    assert baseline is not None
+    for _ in range(64):
+        fill.basic_publish("", "big", b"x" * 2**20)
+
+    def lower_the_mark() -> None:
+        # As `rabbitmqctl set_vm_memory_high_watermark` at run time.
+        broker.server.memory_limit_bytes = baseline + 32 * 2**20
+
+    broker.call(lower_the_mark)
+    deadline = time.monotonic() + 5
+    while "memory" not in broker.call(lambda: set(broker.server.alarms)):
+        assert time.monotonic() < deadline, "no memory alarm"
+        time.sleep(0.02)
+    publisher = pika.BlockingConnection(parameters)
+    events: list[str] = []
+    publisher.add_on_connection_blocked_callback(
+        lambda _conn, frame: events.append(f"blocked: {frame.method.reason}")
+    )
+    publisher.add_on_connection_unblocked_callback(
+        lambda _conn, _frame: events.append("unblocked")
+    )
+    publisher.channel().basic_publish("", "small", b"held")
+    process_until(publisher, lambda: bool(events))
+    assert events == ["blocked: low on memory"]
+
+    # The filler's connection is not blocked; its purge frees the memory.
+    assert fill.queue_declare("small", passive=True).method.message_count == 0
+    fill.queue_purge("big")
+    process_until(publisher, lambda: "unblocked" in events, timeout=10)
+    process_until(
+        filler,
+        lambda: fill.queue_declare("small", passive=True).method.message_count == 1,
+    )
+    publisher.close()
+    filler.close()

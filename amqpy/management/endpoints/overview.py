@@ -6,6 +6,7 @@ from typing import Any
 
 from amqpy import __version__
 from amqpy.management.app import Context, Endpoint
+from amqpy.management.endpoints.metrics import overview_message_stats
 
 
 async def overview(context: Context) -> dict[str, Any]:
@@ -27,6 +28,7 @@ async def overview(context: Context) -> dict[str, Any]:
         "rabbitmq_version": "3.10.8",
         "cluster_name": config.server.cluster_name,
         "node": config.server.cluster_name,
+        "message_stats": overview_message_stats(context),
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
