@@ -72,6 +72,9 @@ class StoreConfig:
 
 @attrs.frozen
 class LimitsConfig:
+    # Open connections on the node (RabbitMQ's connection_max); more are
+    # refused at connection.open with 530.
+    max_connections: int = 65536
     channel_max: int = 2047
     frame_max: int = 131072
     max_message_size: int = 134217728
@@ -229,6 +232,8 @@ class Config:
             raise ConfigError(f"management.port out of range: {self.management.port}")
         if not 4096 <= limits.frame_max <= 2**31 - 1:
             raise ConfigError("limits.frame_max must be between 4096 and 2^31-1")
+        if limits.max_connections < 1:
+            raise ConfigError("limits.max_connections must be positive")
         if not 1 <= limits.channel_max <= 65535:
             raise ConfigError("limits.channel_max must be between 1 and 65535")
         if self.store.segment_max_bytes < 4096:

@@ -182,7 +182,7 @@ class Broker:
     ) -> None:
         """What a fresh RabbitMQ node creates: the default vhost, and the
         default user with full permissions on it."""
-        self.add_vhost(vhost)
+        self.add_vhost(vhost, description="Default virtual host")
         if user:
             self.put_user(user, password=password, tags=tags)
             self.set_permissions(user, vhost, *permissions)

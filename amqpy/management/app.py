@@ -33,6 +33,7 @@ from amqpy.broker.access import (
 )
 from amqpy.broker.errors import AmqpError
 from amqpy.broker.vhost import VHost
+from amqpy.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from amqpy.server.run import BrokerServer
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("amqpy.management")
 
 REALM = 'Basic realm="RabbitMQ Management"'
+# Failed logins: logged with the peer, at most a burst then one a second.
+LOGIN_FAILURES = RateLimitedLog(LOGGER)
 
 # The user of a public endpoint's requests (no name, tags or permissions).
 ANONYMOUS = User(name="", password_hash="")
@@ -207,7 +210,7 @@ def _authenticate(server: BrokerServer, request: Request) -> tuple[User, Level]:
     if user is None or (
         name in server.config.auth.loopback_users and not _is_loopback(peer)
     ):
-        LOGGER.warning("HTTP login refused for user '%s' from %s", name, peer)
+        LOGIN_FAILURES.warning("HTTP login refused for user '%s' from %s", name, peer)
         raise ApiError(401, "not_authorized", "Login failed")
     level = user_level(user)
     if level is None:

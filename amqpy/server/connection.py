@@ -31,6 +31,7 @@ from amqpy.protocol.errors import (
 )
 from amqpy.protocol.frames import HEARTBEAT_FRAME
 from amqpy.protocol.sasl import SaslError, parse_response
+from amqpy.ratelimit import RateLimitedLog
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
 
@@ -77,6 +78,10 @@ def certificate_common_name(stream: trio.SSLStream[Any]) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
+
+
+# Failed logins: logged with the peer, at most a burst then one a second.
+LOGIN_FAILURES = RateLimitedLog(LOGGER)
 
 
 class ConnectionHandler:
@@ -477,13 +482,15 @@ class ConnectionHandler:
         else:
             user = self.server.broker.authenticate(username, password)
         if user is None:
-            LOGGER.warning("%s: user '%s' failed to authenticate", self.name, username)
+            LOGIN_FAILURES.warning(
+                "%s: user '%s' failed to authenticate", self.name, username
+            )
             self._refuse_login(event.mechanism)
             return
         if username in self.config.auth.loopback_users and not _is_loopback(
             self.peer_host
         ):
-            LOGGER.warning(
+            LOGIN_FAILURES.warning(
                 "%s: user '%s' can only connect via localhost", self.name, username
             )
             self._refuse_login(event.mechanism)
@@ -542,7 +549,11 @@ class ConnectionHandler:
         )
 
     def _connection_limit_refusal(self, vhost: VHost) -> str | None:
-        """RabbitMQ's vhost and user max-connections, checked at open."""
+        """The node's, the vhost's and the user's max-connections, checked
+        at open."""
+        limit = self.config.limits.max_connections
+        if sum(self.server.vhost_connections.values()) >= limit:
+            return f"connection refused: node connection limit ({limit}) is reached"
         limit = vhost.limits.get("max-connections")
         if limit is not None and self.server.vhost_connections[vhost.name] >= limit:
             return (
