@@ -12,6 +12,8 @@ from typing import Any
 
 from pamqp import commands
 
+from amqpy.protocol.fieldtable import unmarshal_properties
+
 
 def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
     """Decode property flags and values as they follow body_size in a header.
@@ -33,7 +35,8 @@ def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
             break
     properties = commands.Basic.Properties()
     try:
-        properties.unmarshal(flags, properties_raw[offset:])
+        # Linear-time tables: pamqp's are quadratic (amqpy.protocol.fieldtable).
+        unmarshal_properties(properties, flags, properties_raw[offset:])
     except Exception as error:  # any decode failure means malformed input
         raise ValueError(f"malformed content header properties: {error}") from error
     return properties

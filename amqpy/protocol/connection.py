@@ -38,6 +38,7 @@ from amqpy.protocol.errors import (
     ProtocolError,
     ProtocolHeaderMismatchError,
 )
+from amqpy.protocol.fieldtable import unmarshal_method
 from amqpy.protocol.frames import (
     FrameReader,
     encode_method,
@@ -282,7 +283,7 @@ class ServerConnection:
             )
         method = method_class()
         try:
-            method.unmarshal(payload[4:])
+            unmarshal_method(method, payload[4:])
         except UnicodeDecodeError as error:
             raise ProtocolError(
                 ReplyCode.FRAME_ERROR, "Malformed UTF-8 in shortstr"

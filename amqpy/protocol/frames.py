@@ -44,25 +44,41 @@ _U64 = struct.Struct(">Q")
 HEARTBEAT_FRAME = _FRAME_HEAD.pack(FRAME_HEARTBEAT, 0, 0) + FRAME_END_BYTE
 
 
+# Bytes of a payload an error text shows: the close frame carries 255 bytes
+# of text anyway, and a frame_max-sized payload must not make a log line of
+# half a megabyte.
+ERLANG_BINARY_MAX_SHOWN = 512
+_PRINTABLE = bytes(range(32, 127))
+
+
 def erlang_binary(data: bytes) -> str:
-    """Bytes as Erlang prints a binary, as RabbitMQ's error texts show them."""
-    if data and all(32 <= byte < 127 for byte in data):
-        escaped = data.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
-        return f'<<"{escaped}">>'
-    return "<<" + ",".join(str(byte) for byte in data) + ">>"
+    """Bytes as Erlang prints a binary, as RabbitMQ's error texts show them;
+    past ERLANG_BINARY_MAX_SHOWN bytes cut short as Erlang's ~P does."""
+    # Printable or not is decided on all of it, as RabbitMQ does.
+    printable = bool(data) and not data.translate(None, _PRINTABLE)
+    shown = data[:ERLANG_BINARY_MAX_SHOWN]
+    more = "..." if len(data) > len(shown) else ""
+    if printable:
+        escaped = shown.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
+        return f'<<"{escaped}"{more}>>'
+    return "<<" + ",".join(str(byte) for byte in shown) + ("," + more if more else "") + ">>"
 
 
 class FrameReader:
     """Splits a byte stream into frames: (frame_type, channel_id, payload)."""
 
-    __slots__ = ("_buffer", "frame_max")
+    __slots__ = ("_buffer", "_error", "frame_max")
 
     def __init__(self, frame_max: int) -> None:
         self._buffer = bytearray()
+        self._error: ProtocolError | None = None
         self.frame_max = frame_max
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        # Past a framing error the stream cannot be parsed again: drop what
+        # follows, or a peer could fill our memory during the close timeout.
+        if self._error is None:
+            self._buffer += data
 
     @property
     def buffered(self) -> int:
@@ -81,8 +97,11 @@ class FrameReader:
 
         Raises:
             ProtocolError: 501 FRAME_ERROR for a frame above frame_max or a bad
-                frame-end octet. The buffer is not usable afterwards.
+                frame-end octet; the same error again on every later call.
         """
+        if self._error is not None:
+            error = self._error
+            raise ProtocolError(error.reply_code, error.text)
         buffer = self._buffer
         position = 0
         unpack_head = _FRAME_HEAD.unpack_from
@@ -95,7 +114,7 @@ class FrameReader:
                 # RabbitMQ lets the payload itself reach frame_max (it
                 # forgives the 8 bytes of framing), and so do we.
                 if size > self.frame_max:
-                    raise ProtocolError(
+                    raise self._broken(
                         ReplyCode.FRAME_ERROR,
                         f"type {frame_type}, all octets = <<>>: "
                         f"{{frame_too_large,{size},{self.frame_max - FRAME_OVERHEAD}}}",
@@ -105,7 +124,7 @@ class FrameReader:
                     return
                 if buffer[end] != FRAME_END:
                     payload = bytes(buffer[position + FRAME_HEADER_SIZE : end])
-                    raise ProtocolError(
+                    raise self._broken(
                         ReplyCode.FRAME_ERROR,
                         f"type {frame_type}, all octets = {erlang_binary(payload)}: "
                         f"{{invalid_frame_end_marker,{buffer[end]}}}",
@@ -116,6 +135,11 @@ class FrameReader:
         finally:
             if position:
                 del buffer[:position]
+
+    def _broken(self, reply_code: ReplyCode, text: str) -> ProtocolError:
+        self._error = ProtocolError(reply_code, text)
+        self._buffer.clear()
+        return ProtocolError(reply_code, text)
 
 
 def encode_method(channel_id: int, method: pamqp_base.Frame) -> bytes:

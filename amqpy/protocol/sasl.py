@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pamqp import decode
+from amqpy.protocol.fieldtable import decode_table
 
 
 class SaslError(ValueError):
@@ -23,7 +23,7 @@ def parse_plain(response: bytes) -> tuple[str, str]:
 def parse_amqplain(response: bytes) -> tuple[str, str]:
     """AMQPLAIN: a field table without its length prefix, LOGIN and PASSWORD."""
     try:
-        _, table = decode.field_table(len(response).to_bytes(4, "big") + response)
+        _, table = decode_table(len(response).to_bytes(4, "big") + response)
     except Exception as error:  # any decode failure is a malformed response
         raise SaslError(f"AMQPLAIN response is not a field table: {error}") from error
     login, password = table.get("LOGIN"), table.get("PASSWORD")

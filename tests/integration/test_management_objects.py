@@ -18,6 +18,7 @@ import pytest
 from helpers.management import Api, path
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 
+from amqpy.management.endpoints.objects import properties_key
 from amqpy.server.embedded import EmbeddedBroker
 
 DEADLINE_S = 5.0
@@ -884,3 +885,15 @@ def test_lists_sort_page_and_select_columns(api: Api) -> None:
     assert api.get("/api/queues?page=x").status_code == 400
     single = api.get(path("queues", "/", "a-queue") + "?columns=name,messages")
     assert single.json() == {"messages": 1, "name": "a-queue"}
+
+
+def test_properties_keys_are_rabbitmqs() -> None:
+    # Keys RabbitMQ 3.10.8 gave for these bindings (its phash2 of the
+    # arguments, url-safe base64), and its quoting of routing keys.
+    assert properties_key("k2", {"x-foo": "bar"}) == "k2~EDqv5Q"
+    assert properties_key("rk", {"a": 1}) == "rk~Ajat_Q"
+    assert properties_key("", {"b": {"c": [1, "x", True, 2.5]}}) == "~c7iwpw"
+    assert properties_key("", {}) == "~"
+    assert properties_key("a/b", {}) == "a%2Fb"
+    assert properties_key("é", {}) == "%C3%A9"
+    assert properties_key("a b~c", {}) == "a+b%7Ec"

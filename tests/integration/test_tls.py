@@ -225,7 +225,8 @@ def test_management_over_https(
         }
     )
     url = f"https://localhost:{broker.server.management_port}/api/whoami"
-    answer = httpx.get(url, auth=("guest", "guest"), verify=files["ca"], timeout=10)
+    verify = ssl.create_default_context(cafile=files["ca"])
+    answer = httpx.get(url, auth=("guest", "guest"), verify=verify, timeout=10)
     assert answer.json()["name"] == "guest"
 
 

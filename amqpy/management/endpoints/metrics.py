@@ -131,10 +131,15 @@ def overview_message_stats(context: Context) -> dict[str, Any]:
 
 
 def queue_message_stats(queue: Queue) -> dict[str, Any]:
-    """A queue's message_stats, RabbitMQ's shape, with rates from samples
-    taken at most every 5 s when it is read."""
+    """`{"message_stats": ...}` for a queue's JSON, RabbitMQ's shape, with
+    rates from samples taken at most every 5 s when it is read; `{}` for a
+    queue that never had traffic (RabbitMQ leaves the field out then)."""
     counters = stats.queue_message_stats(queue)
-    return stats.message_stats(counters, RATES.rates(queue, counters))
+    if not any(counters.values()):
+        return {}
+    return {
+        "message_stats": stats.message_stats(counters, RATES.rates(queue, counters))
+    }
 
 
 def _queue_families(out: Exposition, queues: list[Queue], per_object: bool) -> None:

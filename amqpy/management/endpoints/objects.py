@@ -53,6 +53,7 @@ from amqpy.management.app import (
     no_content,
     not_found,
 )
+from amqpy.management.endpoints.metrics import queue_message_stats
 from amqpy.model.message import Message, expiration_error_text
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler, TxAck, TxPublish
@@ -886,6 +887,7 @@ def queue_json(
         "message_bytes_ram": message_bytes,
         "message_bytes_ready": queue.ready_bytes,
         "message_bytes_unacknowledged": held.body_bytes,
+        **queue_message_stats(queue),
         "messages": ready_count + unacked_count,
         "messages_paged_out": 0,
         "messages_persistent": persistent,
