@@ -9,21 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from amqpy import __version__
-from amqpy.broker.broker import Broker
 from amqpy.config import Config, ConfigError
-from amqpy.log import setup_logging
 from amqpy.management import commands as management_commands
-from amqpy.server.run import StartupError, StoreFailedError, run_broker
-from amqpy.store.definitions import (
-    DefinitionsStore,
-    StoreFormatError,
-    read_definitions_file,
-    to_rabbitmq_format,
-)
-from amqpy.store.lock import DataDirLock, DataDirLockedError
 
 LOGGER = logging.getLogger("amqpy")
 
@@ -87,6 +75,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _definitions(args: argparse.Namespace) -> int:
+    from amqpy.broker.broker import Broker
+    from amqpy.server.run import StartupError
+    from amqpy.store.definitions import (
+        DefinitionsStore,
+        read_definitions_file,
+        to_rabbitmq_format,
+    )
+    from amqpy.store.lock import DataDirLock, DataDirLockedError
+
     data_dir = Path(_config(args).store.data_dir)
     store = DefinitionsStore(data_dir)
     if args.verb == "export":
@@ -117,6 +114,11 @@ def _definitions(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    import trio
+
+    from amqpy.log import setup_logging
+    from amqpy.server.run import run_broker
+
     config = Config.from_toml(args.config) if args.config else Config()
     listener: dict[str, Any] = {}
     if args.bind is not None:
@@ -148,13 +150,24 @@ def _server(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "server" or (
+        args.command == "definitions" and (args.data_dir or args.config)
+    ):
+        return _run_local(args)
+    # Every other command talks to the management API (and starts quickly:
+    # the broker's modules are not imported for it).
+    return management_commands.run(args)
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    """`server`, and `definitions` on a data folder."""
+    from amqpy.server.run import StartupError, StoreFailedError
+    from amqpy.store.definitions import StoreFormatError
+
     try:
         if args.command == "server":
             return _server(args)
-        if args.command == "definitions" and (args.data_dir or args.config):
-            return _definitions(args)
-        # Every other command talks to the management API.
-        return management_commands.run(args)
+        return _definitions(args)
     except ConfigError as error:
         print(f"amqpy: {error}", file=sys.stderr)  # noqa: T201
         return 2

@@ -61,7 +61,7 @@ def erlang_binary(data: bytes) -> str:
     if printable:
         escaped = shown.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
         return f'<<"{escaped}"{more}>>'
-    return "<<" + ",".join(str(byte) for byte in shown) + ("," + more if more else "") + ">>"
+    return "<<" + ",".join([*map(str, shown), *([more] if more else [])]) + ">>"
 
 
 class FrameReader:

@@ -221,7 +221,7 @@ FIELDS = {
 }
 METHOD_CLASSES = sorted(commands.INDEX_MAPPING.values(), key=lambda cls: cls.index)
 # What a client sends on an open channel, but for basic.publish (content
-# follows it) and channel.open: a well-behaved stream may use these.
+# follows it) and the channel class: a well-behaved stream may use these.
 SERVER_ONLY = {
     "Channel.OpenOk",
     "Channel.FlowOk",
@@ -235,8 +235,9 @@ CLIENT_CHANNEL_METHODS = [
     for cls in METHOD_CLASSES
     if cls.index >> 16 != 10
     and cls.name not in SERVER_ONLY
-    and cls.name not in ("Basic.Publish", "Channel.Open")
-    and (not cls.name.endswith("Ok") or cls.name == "Channel.CloseOk")
+    and not cls.name.startswith("Channel.")
+    and cls.name != "Basic.Publish"
+    and not cls.name.endswith("Ok")
 ]
 
 
@@ -480,7 +481,7 @@ def handshakes(draw: st.DrawFn) -> tuple[bytes, int]:
         )
     if depth >= 3:
         parts.append(method_frame(0, commands.Connection.Open(virtual_host="/")))
-        channels = draw(st.sampled_from([[], [1], [1, 2], [1, 2, 3]]))
+        channels = draw(st.sampled_from([[1, 2, 3]] * 4 + [[], [1], [1, 2]]))
         parts += [
             method_frame(channel, commands.Channel.Open()) for channel in channels
         ]
@@ -595,10 +596,10 @@ class Driver:
                 item, events.HeartbeatReceived | events.ConnectionCloseOkReceived
             ), f"{item} after connection.close"
         if isinstance(item, events.StartOkReceived):
-            choice = self.reaction() % 6
-            if choice == 4:  # login refused, authentication_failure_close
+            choice = self.reaction() % 16
+            if choice == 14:  # login refused, authentication_failure_close
                 self.close(403, "ACCESS_REFUSED - Login was refused")
-            elif choice == 5:  # login refused, no close frame
+            elif choice == 15:  # login refused, no close frame
                 self.gone = True
                 self.outcome = "login refused"
             else:
@@ -608,7 +609,7 @@ class Driver:
             assert connection.state is ConnectionState.AWAIT_OPEN
             assert 0 < item.frame_max <= SERVER_FRAME_MAX
         elif isinstance(item, events.OpenReceived):
-            if self.reaction() % 8 == 7:
+            if self.reaction() % 16 == 15:
                 self.close(530, "NOT_ALLOWED - vhost x not found", 10, 40)
             else:
                 connection.accept_open()
@@ -617,14 +618,14 @@ class Driver:
             channel = item.channel_id
             assert channel in self.open and channel not in self.closing_channels
             assert not item.method.name.endswith(("Ok", ".Deliver", ".Return"))
-            choice = self.reaction() % 10
-            if choice == 7:  # a soft error from the broker
+            choice = self.reaction() % 20
+            if choice == 17:  # a soft error from the broker
                 self.close_channel(channel, 404, "NOT_FOUND - no queue 'q'")
-            elif choice == 8:  # a hard error from the broker
+            elif choice == 18:  # a hard error from the broker
                 self.close(
                     504, "CHANNEL_ERROR - fuzz", *divmod(item.method.index, 1 << 16)
                 )
-            elif choice == 9:  # some reply
+            elif choice == 19:  # some reply
                 connection.send_method(channel, commands.Basic.QosOk())
                 self.expect([(channel, "Basic.QosOk")])
         elif isinstance(item, events.ContentReceived):
