@@ -119,16 +119,20 @@ class Context:
             raise not_found()
         return vhost
 
-    def can_see_vhost(self, name: str) -> bool:
-        if self.level >= Level.MONITORING:
+    def can_see_vhost(self, name: str, *, monitoring: bool = False) -> bool:
+        """Objects in a vhost are shown to administrators and to users with
+        permissions there; `monitoring`: also to monitoring users (RabbitMQ
+        shows them every vhost in /api/vhosts and the overview's totals,
+        but only their own vhosts' queues and exchanges)."""
+        if self.level >= (Level.MONITORING if monitoring else Level.ADMINISTRATOR):
             return True
         return self.broker.access.can_access_vhost(self.user.name, name)
 
-    def visible_vhosts(self) -> list[VHost]:
+    def visible_vhosts(self, *, monitoring: bool = False) -> list[VHost]:
         return [
             vhost
             for name, vhost in self.broker.vhosts.items()
-            if self.can_see_vhost(name)
+            if self.can_see_vhost(name, monitoring=monitoring)
         ]
 
     def require(self, level: Level) -> None:

@@ -220,7 +220,9 @@ def vhost_object(context: Context, vhost: VHost) -> dict[str, Any]:
 
 
 async def list_vhosts(context: Context) -> list[dict[str, Any]]:
-    vhosts = sorted(context.visible_vhosts(), key=lambda vhost: vhost.name)
+    vhosts = sorted(
+        context.visible_vhosts(monitoring=True), key=lambda vhost: vhost.name
+    )
     return [vhost_object(context, vhost) for vhost in vhosts]
 
 

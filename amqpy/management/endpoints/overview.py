@@ -11,14 +11,15 @@ from amqpy.management.endpoints.metrics import overview_message_stats
 
 async def overview(context: Context) -> dict[str, Any]:
     server = context.server
-    vhosts = context.visible_vhosts()
+    vhosts = context.visible_vhosts(monitoring=True)
     queues = [queue for vhost in vhosts for queue in vhost.queues.values()]
     ready = sum(queue.message_count for queue in queues)
     unacked = sum(queue.unacked_count for queue in queues)
     connections = [
         connection
         for connection in server.connections
-        if connection.opened and context.can_see_vhost(connection.vhost.name)
+        if connection.opened
+        and context.can_see_vhost(connection.vhost.name, monitoring=True)
     ]
     config = server.config
     return {
