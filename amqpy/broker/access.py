@@ -17,8 +17,8 @@ import itertools
 import re
 import secrets
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 
@@ -41,11 +41,21 @@ CONFIGURE = "configure"
 WRITE = "write"
 READ = "read"
 
-# authorize(permission, resource kind, name): raises AccessRefusedError.
-Authorize = Callable[[str, str, str], None]
+# The kind of a topic check: `name` is a topic exchange's, and the routing
+# key is matched against the user's topic permission for it.
+TOPIC = "topic"
 
 
-def allow_all(permission: str, kind: str, name: str) -> None:
+class Authorize(Protocol):
+    """authorize(permission, kind, name[, routing_key]): raises
+    AccessRefusedError when the user may not."""
+
+    def __call__(
+        self, permission: str, kind: str, name: str, routing_key: str = ""
+    ) -> None: ...
+
+
+def allow_all(permission: str, kind: str, name: str, routing_key: str = "") -> None:
     """The authorizer of the broker's own operations (definitions, tests)."""
 
 
@@ -179,6 +189,40 @@ class Permission:
         }
 
 
+@attrs.define(eq=False)
+class TopicPermission:
+    """RabbitMQ's topic permission: regexes on routing keys, for one topic
+    exchange; "{username}" and "{vhost}" in them stand for the user's."""
+
+    user: str
+    vhost: str
+    exchange: str
+    write: str
+    read: str
+    _compiled: dict[str, re.Pattern[str]] = attrs.field(
+        init=False, factory=dict, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        for kind in (WRITE, READ):
+            pattern = getattr(self, kind)
+            pattern = pattern.replace("{username}", re.escape(self.user))
+            pattern = pattern.replace("{vhost}", re.escape(self.vhost))
+            self._compiled[kind] = compile_permission(pattern)
+
+    def allows(self, kind: str, routing_key: str) -> bool:
+        return self._compiled[kind].search(routing_key) is not None
+
+    def definition(self) -> dict[str, str]:
+        return {
+            "user": self.user,
+            "vhost": self.vhost,
+            "exchange": self.exchange,
+            "write": self.write,
+            "read": self.read,
+        }
+
+
 class PermissionCache(dict[tuple[str, str, str], None]):
     """A channel's passed checks (permission, kind, name), oldest first.
 
@@ -195,6 +239,9 @@ class AccessControl:
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}  # (user, vhost)
+        # (user, vhost, exchange); a topic exchange without an entry for the
+        # user is open to them, as in RabbitMQ.
+        self.topic_permissions: dict[tuple[str, str, str], TopicPermission] = {}
         # Weak: a closed channel's cache goes with it.
         self._caches: weakref.WeakValueDictionary[int, PermissionCache] = (
             weakref.WeakValueDictionary()
@@ -250,6 +297,8 @@ class AccessControl:
             return False
         for key in [key for key in self.permissions if key[0] == name]:
             del self.permissions[key]
+        for topic_key in [key for key in self.topic_permissions if key[0] == name]:
+            del self.topic_permissions[topic_key]
         self._forget_cached_checks()
         return True
 
@@ -279,18 +328,61 @@ class AccessControl:
     def forget_vhost(self, vhost: str) -> None:
         for key in [key for key in self.permissions if key[1] == vhost]:
             del self.permissions[key]
+        for topic_key in [key for key in self.topic_permissions if key[1] == vhost]:
+            del self.topic_permissions[topic_key]
         self._forget_cached_checks()
+
+    def set_topic_permissions(
+        self, user: str, vhost: str, exchange: str, write: str, read: str
+    ) -> TopicPermission:
+        """Raises:
+        ValueError: an invalid regular expression.
+        """
+        permission = TopicPermission(user, vhost, exchange, write, read)
+        self.topic_permissions[(user, vhost, exchange)] = permission
+        return permission
+
+    def clear_topic_permissions(
+        self, user: str, vhost: str, exchange: str | None = None
+    ) -> bool:
+        """Drop the user's topic permissions in `vhost` (for one exchange, or
+        all); False when there were none."""
+        keys = [
+            key
+            for key in self.topic_permissions
+            if key[:2] == (user, vhost) and exchange in (None, key[2])
+        ]
+        for key in keys:
+            del self.topic_permissions[key]
+        return bool(keys)
 
     def can_access_vhost(self, user: str, vhost: str) -> bool:
         return (user, vhost) in self.permissions
 
-    def check(self, user: str, vhost: str, kind: str, resource: str, name: str) -> None:
+    def check(
+        self,
+        user: str,
+        vhost: str,
+        kind: str,
+        resource: str,
+        name: str,
+        routing_key: str = "",
+    ) -> None:
         """RabbitMQ's check_resource_access: `kind` (configure, write, read)
-        on `resource` (exchange, queue) `name` in `vhost`.
+        on `resource` (exchange, queue) `name` in `vhost`; for the resource
+        TOPIC, check_topic_access: `routing_key` on the topic exchange `name`.
 
         Raises:
             AccessRefusedError: the user's permission does not match.
         """
+        if resource == TOPIC:
+            topic = self.topic_permissions.get((user, vhost, name))
+            if topic is not None and not topic.allows(kind, routing_key):
+                raise AccessRefusedError(
+                    f"access to topic '{routing_key}' in exchange '{name}' in "
+                    f"vhost '{vhost}' refused for user '{user}'"
+                )
+            return
         permission = self.permissions.get((user, vhost))
         # The default exchange is matched (and named) as "amq.default".
         if not name and resource == "exchange":
@@ -308,6 +400,26 @@ class AccessControl:
 
     def export_permissions(self) -> list[dict[str, str]]:
         return [permission.definition() for permission in self.permissions.values()]
+
+    def export_topic_permissions(self) -> list[dict[str, str]]:
+        return [topic.definition() for topic in self.topic_permissions.values()]
+
+    def import_topic_permissions(self, entries: list[Any]) -> None:
+        """Raises:
+        ValueError: a malformed entry or regular expression.
+        """
+        for entry in entries:
+            try:
+                fields = [
+                    entry[key] for key in ("user", "vhost", "exchange", "write", "read")
+                ]
+            except (KeyError, TypeError) as error:
+                raise ValueError(
+                    f"malformed topic permission definition: {entry!r}"
+                ) from error
+            if not all(isinstance(value, str) for value in fields):
+                raise ValueError(f"malformed topic permission definition: {entry!r}")
+            self.set_topic_permissions(*fields)
 
     def import_users(self, entries: list[Any]) -> None:
         """Users from definitions entries (RabbitMQ 3.x exports included).

@@ -24,7 +24,6 @@ VHOST_LIMITS_COMPONENT = "vhost-limits"
 
 # RabbitMQ definitions sections that are kept verbatim, not applied.
 KEPT_SECTIONS = (
-    "topic_permissions",
     "policies",
     "parameters",
     "global_parameters",
@@ -169,6 +168,28 @@ class Broker:
             self._on_durable_change()
         return cleared
 
+    def set_topic_permissions(
+        self, user: str, vhost: str, exchange: str, write: str, read: str
+    ) -> None:
+        """Raises:
+        KeyError: no such user or vhost.
+        ValueError: an invalid regular expression.
+        """
+        if user not in self.access.users:
+            raise KeyError(f"no user '{user}'")
+        if vhost not in self.vhosts:
+            raise KeyError(f"no vhost '{vhost}'")
+        self.access.set_topic_permissions(user, vhost, exchange, write, read)
+        self._on_durable_change()
+
+    def clear_topic_permissions(
+        self, user: str, vhost: str, exchange: str | None = None
+    ) -> bool:
+        cleared = self.access.clear_topic_permissions(user, vhost, exchange)
+        if cleared:
+            self._on_durable_change()
+        return cleared
+
     def authenticate(self, username: str, password: str) -> User | None:
         return self.access.authenticate(username, password)
 
@@ -193,6 +214,7 @@ class Broker:
             "users": self.access.export_users(),
             "vhosts": [self._vhost_entries[name] for name in self.vhosts],
             "permissions": self.access.export_permissions(),
+            "topic_permissions": self.access.export_topic_permissions(),
             "exchanges": [],
             "queues": [],
             "bindings": [],
@@ -361,6 +383,7 @@ class Broker:
         for key, load in (
             ("users", self.access.import_users),
             ("permissions", self.access.import_permissions),
+            ("topic_permissions", self.access.import_topic_permissions),
         ):
             entries = definitions.get(key)
             if entries:

@@ -7,7 +7,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from amqpy.broker.access import CONFIGURE, READ, WRITE, Authorize, allow_all
+from amqpy.broker.access import (
+    CONFIGURE,
+    READ,
+    TOPIC,
+    WRITE,
+    Authorize,
+    allow_all,
+)
 from amqpy.broker.arguments import (
     InvalidArgumentError,
     amqp_type_name,
@@ -654,6 +661,7 @@ class VHost:
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
         authorize(READ, "exchange", exchange_name)
+        self._authorize_topic(authorize, exchange_name, binding_key)
         exchange = self.get_exchange(exchange_name)
         queue = self.get_queue(queue_name, owner)
         self._bind(exchange, queue, binding_key, dict(arguments or {}))
@@ -674,6 +682,7 @@ class VHost:
         if exchange_name == "":
             raise AccessRefusedError("operation not permitted on the default exchange")
         authorize(READ, "exchange", exchange_name)
+        self._authorize_topic(authorize, exchange_name, binding_key)
         # RabbitMQ answers unbind-ok for a missing queue, exchange or binding,
         # and for another connection's exclusive queue.
         queue = self.queues.get(queue_name)
@@ -694,6 +703,7 @@ class VHost:
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
         authorize(READ, "exchange", source_name)
+        self._authorize_topic(authorize, source_name, binding_key)
         source = self.get_exchange(source_name)
         destination = self.get_exchange(destination_name)
         self._bind(source, destination, binding_key, dict(arguments or {}))
@@ -711,10 +721,20 @@ class VHost:
         if "" in (destination_name, source_name):
             raise AccessRefusedError("operation not permitted on the default exchange")
         authorize(READ, "exchange", source_name)
+        self._authorize_topic(authorize, source_name, binding_key)
         source = self.exchanges.get(source_name)
         destination = self.exchanges.get(destination_name)
         if source is not None and destination is not None:
             self._unbind(source, destination, binding_key, dict(arguments or {}))
+
+    def _authorize_topic(
+        self, authorize: Authorize, exchange_name: str, binding_key: str
+    ) -> None:
+        """RabbitMQ's read check on a topic exchange's binding key (topic
+        permissions), made only when the exchange exists."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is not None and exchange.type_name == "topic":
+            authorize(READ, TOPIC, exchange_name, binding_key)
 
     def _bind(
         self,

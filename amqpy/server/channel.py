@@ -13,7 +13,7 @@ import attrs
 from pamqp import base as pamqp_base
 from pamqp import commands
 
-from amqpy.broker.access import READ, WRITE
+from amqpy.broker.access import READ, TOPIC, WRITE
 from amqpy.broker.channel import Channel, Unacked, generate_name
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
@@ -214,9 +214,22 @@ class ChannelHandler:
         self._pending_replies.clear()
         self.connection.server.awaiting_confirms.discard(self)
 
-    def authorize(self, permission: str, kind: str, name: str) -> None:
+    def authorize(
+        self, permission: str, kind: str, name: str, routing_key: str = ""
+    ) -> None:
         """Raises AccessRefusedError unless the user may do `permission`
-        (configure, write, read) on the `kind` (exchange, queue) `name`."""
+        (configure, write, read) on the `kind` (exchange, queue) `name`, or,
+        for TOPIC, with `routing_key` on the topic exchange `name`."""
+        if kind == TOPIC:  # not cached: the key varies
+            self.connection.server.broker.access.check(
+                self.connection.username,
+                self.vhost.name,
+                permission,
+                kind,
+                name,
+                routing_key,
+            )
+            return
         key = (permission, kind, name)
         if key in self._permitted:
             return
@@ -572,6 +585,11 @@ class ChannelHandler:
         if (WRITE, "exchange", content.exchange) not in self._permitted:
             self.authorize(WRITE, "exchange", content.exchange)
         exchange = self.vhost.publish_target(content.exchange)
+        if (
+            exchange.type_name == "topic"
+            and self.connection.server.broker.access.topic_permissions
+        ):
+            self.authorize(WRITE, TOPIC, exchange.name, content.routing_key)
         if self.tx is not None:
             message, queues = self._resolve(exchange, content)
             self.tx.append(TxPublish(message, queues, content))

@@ -466,6 +466,82 @@ async def delete_permission(context: Context) -> Response:
     return no_content()
 
 
+# -- topic permissions -------------------------------------------------------------
+
+
+def _topic_permissions(
+    context: Context, *, user: str | None = None, vhost: str | None = None
+) -> list[dict[str, str]]:
+    entries = [
+        topic.definition()
+        for (user_name, vhost_name, _), topic in (
+            context.broker.access.topic_permissions.items()
+        )
+        if user in (None, user_name) and vhost in (None, vhost_name)
+    ]
+    return sorted(
+        entries, key=lambda item: (item["vhost"], item["user"], item["exchange"])
+    )
+
+
+async def list_topic_permissions(context: Context) -> list[dict[str, str]]:
+    context.require(Level.ADMINISTRATOR)
+    return _topic_permissions(context)
+
+
+async def vhost_topic_permissions(context: Context) -> list[dict[str, str]]:
+    context.require(Level.ADMINISTRATOR)
+    return _topic_permissions(context, vhost=context.vhost().name)
+
+
+async def user_topic_permissions(context: Context) -> list[dict[str, str]]:
+    context.require(Level.ADMINISTRATOR)
+    name = context.param("name")
+    if name not in context.broker.access.users:
+        raise not_found()
+    return _topic_permissions(context, user=name)
+
+
+async def get_topic_permissions(context: Context) -> list[dict[str, str]]:
+    context.require(Level.ADMINISTRATOR)
+    entries = _topic_permissions(
+        context, user=context.param("user"), vhost=context.param("vhost")
+    )
+    if not entries:
+        raise not_found()
+    return entries
+
+
+async def put_topic_permission(context: Context) -> Response:
+    context.require(Level.ADMINISTRATOR)
+    user, vhost = context.param("user"), context.param("vhost")
+    body = await context.json_body()
+    key_missing(body, ("exchange", WRITE, READ))
+    exchange = body["exchange"]
+    if not isinstance(exchange, str):
+        raise bad_request(f"exchange must be a string, not {exchange!r}")
+    write, read = check_permission_patterns(body[key] for key in (WRITE, READ))
+    broker: Broker = context.broker
+    if user not in broker.access.users or vhost not in broker.vhosts:
+        raise bad_request("vhost_or_user_not_found")
+    existed = (user, vhost, exchange) in broker.access.topic_permissions
+    broker.set_topic_permissions(user, vhost, exchange, write, read)
+    await saved(context)
+    return no_content() if existed else created()
+
+
+async def delete_topic_permissions(context: Context) -> Response:
+    """All the user's topic permissions in the vhost, or ?exchange= one's."""
+    context.require(Level.ADMINISTRATOR)
+    exchange = context.request.query_params.get("exchange")
+    if not context.broker.clear_topic_permissions(
+        context.param("user"), context.param("vhost"), exchange
+    ):
+        raise not_found()
+    await saved(context)
+    return no_content()
+
+
 # -- limits -----------------------------------------------------------------------
 
 
@@ -871,6 +947,9 @@ def check_definitions(broker: Broker, body: Mapping[str, Any]) -> dict[str, Any]
     for entry in document.get("permissions", []):
         key_missing(entry, (CONFIGURE, WRITE, READ))
         check_permission_patterns(entry[key] for key in (CONFIGURE, WRITE, READ))
+    for entry in document.get("topic_permissions", []):
+        key_missing(entry, ("exchange", WRITE, READ))
+        check_permission_patterns(entry[key] for key in (WRITE, READ))
     for entry in document.get("policies", []):
         policy_entry(entry.get("vhost", "/"), entry.get("name"), entry)
     for entry in document.get("queues", []):
@@ -1012,8 +1091,8 @@ async def aliveness_test(context: Context) -> dict[str, Any] | Response:
     if not access.can_access_vhost(user, vhost.name):
         raise not_authorised("User not authorised to access virtual host")
 
-    def authorize(permission: str, kind: str, name: str) -> None:
-        access.check(user, vhost.name, permission, kind, name)
+    def authorize(permission: str, kind: str, name: str, routing_key: str = "") -> None:
+        access.check(user, vhost.name, permission, kind, name, routing_key)
 
     # RabbitMQ's test: declare the queue, publish to it through the default
     # exchange, get the message back, all with the user's permissions.
@@ -1142,6 +1221,16 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("/api/users/{name}", ("GET",), get_user),
     Endpoint("/api/users/{name}", ("PUT",), put_user),
     Endpoint("/api/users/{name}", ("DELETE",), delete_user),
+    Endpoint("/api/topic-permissions", ("GET",), list_topic_permissions),
+    Endpoint("/api/topic-permissions/{vhost}/{user}", ("GET",), get_topic_permissions),
+    Endpoint("/api/topic-permissions/{vhost}/{user}", ("PUT",), put_topic_permission),
+    Endpoint(
+        "/api/topic-permissions/{vhost}/{user}", ("DELETE",), delete_topic_permissions
+    ),
+    Endpoint(
+        "/api/vhosts/{vhost}/topic-permissions", ("GET",), vhost_topic_permissions
+    ),
+    Endpoint("/api/users/{name}/topic-permissions", ("GET",), user_topic_permissions),
     Endpoint("/api/permissions", ("GET",), list_permissions),
     Endpoint("/api/permissions/{vhost}/{user}", ("GET",), get_permission),
     Endpoint("/api/permissions/{vhost}/{user}", ("PUT",), put_permission),

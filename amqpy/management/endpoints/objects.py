@@ -22,7 +22,7 @@ import itertools
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -31,7 +31,14 @@ import trio
 from pamqp import commands
 from starlette.responses import Response
 
-from amqpy.broker.access import ADMINISTRATOR, MONITORING, READ, WRITE
+from amqpy.broker.access import (
+    ADMINISTRATOR,
+    MONITORING,
+    READ,
+    TOPIC,
+    WRITE,
+    Authorize,
+)
 from amqpy.broker.channel import Channel
 from amqpy.broker.errors import (
     AccessRefusedError,
@@ -226,13 +233,13 @@ def _channel_vhost(context: Context) -> VHost:
     return vhost
 
 
-def _authorizer(context: Context, vhost: VHost) -> Callable[[str, str, str], None]:
+def _authorizer(context: Context, vhost: VHost) -> Authorize:
     """The user's AMQP permissions in `vhost`, as a channel checks them."""
     access = context.broker.access
     user = context.user.name
 
-    def authorize(permission: str, kind: str, name: str) -> None:
-        access.check(user, vhost.name, permission, kind, name)
+    def authorize(permission: str, kind: str, name: str, routing_key: str = "") -> None:
+        access.check(user, vhost.name, permission, kind, name, routing_key)
 
     return authorize
 
@@ -1299,8 +1306,11 @@ async def publish(context: Context) -> Any:
     store = server.store
     generation_before = store.generation
     try:
-        _authorizer(context, vhost)(WRITE, "exchange", name)
+        authorize = _authorizer(context, vhost)
+        authorize(WRITE, "exchange", name)
         exchange = vhost.publish_target(name)
+        if exchange.type_name == "topic":
+            authorize(WRITE, TOPIC, name, routing_key)
         message = Message(name, routing_key, properties, data)
         routed, accepted = _route(vhost, exchange, message)
     except AmqpError as error:

@@ -329,3 +329,36 @@ def test_permissions_from_definitions() -> None:
     ):
         with pytest.raises(ValueError):
             access.import_permissions([entry])
+
+
+def test_topic_permissions_match_routing_keys_with_the_user_and_vhost_filled_in() -> (
+    None
+):
+    access = AccessControl()
+    access.set_topic_permissions("bob", "/", "tx", r"^{username}\.", r"^{vhost}")
+    access.check("bob", "/", "write", "topic", "tx", "bob.created")
+    with pytest.raises(AccessRefusedError) as refused:
+        access.check("bob", "/", "write", "topic", "tx", "alice.created")
+    assert refused.value.text == (
+        "access to topic 'alice.created' in exchange 'tx' in vhost '/' "
+        "refused for user 'bob'"
+    )
+    access.check("bob", "/", "read", "topic", "tx", "/anything")
+    # No entry for this exchange, or for this user: not restricted.
+    access.check("bob", "/", "write", "topic", "other", "alice.created")
+    access.check("carol", "/", "write", "topic", "tx", "alice.created")
+
+
+def test_topic_permissions_round_trip_and_go_with_their_user_and_vhost() -> None:
+    access = AccessControl()
+    entry = {"user": "bob", "vhost": "v", "exchange": "tx", "write": "a", "read": ""}
+    access.import_topic_permissions([entry])
+    assert access.export_topic_permissions() == [entry]
+    with pytest.raises(ValueError, match="malformed topic permission"):
+        access.import_topic_permissions([{"user": "bob"}])
+    access.forget_vhost("v")
+    assert access.export_topic_permissions() == []
+    access.import_topic_permissions([entry])
+    access.put_user("bob", password="bob")
+    access.delete_user("bob")
+    assert access.export_topic_permissions() == []
