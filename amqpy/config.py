@@ -78,6 +78,10 @@ class LimitsConfig:
     channel_max: int = 2047
     frame_max: int = 131072
     max_message_size: int = 134217728
+    # RabbitMQ's consumer_timeout: a channel whose oldest unacknowledged
+    # delivery is older than this is closed with 406 (its messages are
+    # requeued); checked every min(timeout / 2, 60 s). 0 disables it.
+    consumer_timeout_ms: int = 1800000
     # Per-connection outbound buffer: above the high mark, the connection's
     # consumers stop receiving (messages stay in their queues) and its reader
     # waits; below the low mark they resume.
@@ -242,6 +246,8 @@ class Config:
             raise ConfigError("store.disk_check_interval_s must be positive")
         if self.store.commit_interval_ms < 0:
             raise ConfigError("store.commit_interval_ms must not be negative")
+        if limits.consumer_timeout_ms < 0:
+            raise ConfigError("limits.consumer_timeout_ms must not be negative")
         if limits.max_message_size < 1:
             raise ConfigError("limits.max_message_size must be positive")
         if limits.outbox_low_water_bytes > limits.outbox_high_water_bytes:

@@ -19,7 +19,7 @@ from pamqp import commands
 
 from amqpy import __version__
 from amqpy.broker.channel import Channel
-from amqpy.broker.errors import AmqpError
+from amqpy.broker.errors import AmqpError, PreconditionFailedError
 from amqpy.broker.stats import broker_stats
 from amqpy.broker.vhost import VHost
 from amqpy.protocol import events
@@ -414,6 +414,12 @@ class ConnectionHandler:
             event, events.ConnectionCloseReceived | events.ConnectionCloseOkReceived
         ):
             self._closing = True
+
+    def timed_out(self, channel_id: int, text: str) -> None:
+        """A delivery on the channel went unacknowledged too long."""
+        LOGGER.warning("%s: %s", self.name, text)
+        self._amqp_error(channel_id, PreconditionFailedError(text), 0, 0)
+        self._writer_wakeup.set()
 
     def _amqp_error(
         self, channel_id: int, error: AmqpError, class_id: int, method_id: int

@@ -9,13 +9,15 @@ import logging
 import os
 import signal
 import ssl
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from amqpy.broker.broker import Broker
+from amqpy.broker.channel import Channel
 from amqpy.config import Config, ConfigError, MemoryConfig, TlsConfig
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler
@@ -298,6 +300,44 @@ class BrokerServer:
                 self.set_alarm("memory", used > self.memory_limit_bytes)
             await trio.sleep(interval)
 
+    async def _consumer_timeout_task(self) -> None:
+        """RabbitMQ's consumer_timeout: a channel holding a delivery (from a
+        consumer or basic.get) unacknowledged for longer is closed with 406.
+
+        No clock is read per delivery: every check notes each channel's next
+        delivery tag; a delivery whose tag is below the one noted at least
+        `timeout` ago is that old."""
+        timeout_ms = self.config.limits.consumer_timeout_ms
+        if not timeout_ms:
+            return
+        timeout = timeout_ms / 1000
+        interval = min(timeout / 2, 60.0)
+        # Per channel: (time, next delivery tag then), oldest first.
+        marks: weakref.WeakKeyDictionary[Channel, deque[tuple[float, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        text = (
+            "delivery acknowledgement on channel {} timed out. Timeout value "
+            f"used: {timeout_ms} ms. This timeout value can be configured, see "
+            "consumers doc guide to learn more"
+        )
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for connection in list(self.connections):
+                for channel_id, handler in list(connection.channels.items()):
+                    channel = handler.channel
+                    history = marks.setdefault(channel, deque())
+                    history.append((now, channel.next_delivery_tag))
+                    cutoff = None
+                    while history and history[0][0] <= now - timeout:
+                        cutoff = history.popleft()[1]
+                    if cutoff is None:
+                        continue
+                    history.appendleft((now - timeout, cutoff))
+                    if channel.unacked and min(channel.unacked) < cutoff:
+                        connection.timed_out(channel_id, text.format(channel_id))
+
     async def wait_store_committed(self) -> None:
         """Until the next group commit has finished."""
         await self._store_committed.wait()
@@ -362,6 +402,7 @@ class BrokerServer:
             service_nursery.start_soon(self._committer_task)
             service_nursery.start_soon(self._disk_monitor_task)
             service_nursery.start_soon(self._memory_monitor_task)
+            service_nursery.start_soon(self._consumer_timeout_task)
             service_nursery.start_soon(self.scheduler.run)
             if config.management.enabled:
                 # Imported here: the HTTP stack is not needed without it.
