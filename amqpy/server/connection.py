@@ -128,6 +128,7 @@ class ConnectionHandler:
         self._store_max_pending = config.store.max_pending_bytes
         self._writer_wakeup = trio.Event()
         self._drained = trio.Event()
+        self._sending = False  # the writer is inside send_all
         self._deliveries_refused = False
         self._output_barrier = 0
         self._paused_reads = 0  # > 0 while we deliberately do not read
@@ -203,7 +204,9 @@ class ConnectionHandler:
     async def _flush_and_stop(self, nursery: trio.Nursery) -> None:
         """Let the writer send what is queued (bounded), then stop the tasks."""
         with trio.move_on_after(self.config.listener.close_timeout_s):
-            while self.protocol.pending_output:
+            # Also while a send is under way: cancelling it midway would
+            # cut the last frames (and break a TLS stream's close_notify).
+            while self.protocol.pending_output or self._sending:
                 self._writer_wakeup.set()
                 self._drained = trio.Event()
                 await self._drained.wait()
@@ -612,7 +615,9 @@ class ConnectionHandler:
                 if self._output_barrier == barrier:
                     self._output_barrier = 0
             data = protocol.data_to_send()
+            self._sending = True
             await stream.send_all(data)
+            self._sending = False
             self.last_sent = trio.current_time()
             if protocol.pending_output < self._low_water:
                 # Wake a reader waiting for us before consumers refill the

@@ -406,6 +406,9 @@ def test_the_scrape_has_rabbitmqs_families_and_needs_no_login(
         broker.config.store.disk_free_limit_bytes
     )
     assert value(scrape, "rabbitmq_process_resident_memory_bytes") > 0
+    assert value(scrape, "rabbitmq_resident_memory_limit_bytes") == (
+        broker.server.memory_limit_bytes
+    )
     identity = next(iter(scrape["rabbitmq_identity_info"]))
     assert dict(identity)["rabbitmq_cluster"] == broker.config.server.cluster_name
     # As RabbitMQ's: the TYPE line first, then HELP.

@@ -29,6 +29,7 @@ from amqpy.broker.stats import (
     vhost_counts,
 )
 from amqpy.management.app import Context, Endpoint, Level
+from amqpy.server.run import resident_memory_bytes
 
 if TYPE_CHECKING:
     from amqpy.broker.queue import Queue
@@ -88,9 +89,9 @@ def global_counts(server: BrokerServer) -> Counts:
     """Every counter of the broker: its vhosts' queues and open channels,
     and what deleted queues, closed channels and deleted vhosts counted."""
     broker = server.broker
-    stats = broker_stats(broker)
-    stats.forget_deleted(broker.vhosts.values())
-    counts = stats.retired.copy()
+    churn = broker_stats(broker)
+    churn.forget_deleted(broker.vhosts.values())
+    counts = churn.retired.copy()
     for vhost in broker.vhosts.values():
         counts.add(vhost_counts(vhost, ()))
     for connection in server.connections:
@@ -195,15 +196,6 @@ def _disk_free_bytes(server: BrokerServer) -> int | None:
     return usage.f_bavail * usage.f_frsize
 
 
-def _resident_memory_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
 def _cluster_id(cluster_name: str) -> str:
     """A stable stand-in for RabbitMQ's rabbitmq_cluster_permanent_id."""
     digest = hashlib.sha256(cluster_name.encode()).digest()
@@ -213,7 +205,7 @@ def _cluster_id(cluster_name: str) -> str:
 def exposition(server: BrokerServer, *, per_object: bool) -> str:
     """The whole scrape, as text."""
     broker = server.broker
-    stats = broker_stats(broker)
+    churn = broker_stats(broker)
     counts = global_counts(server)
     queues = [
         queue for vhost in broker.vhosts.values() for queue in vhost.queues.values()
@@ -225,27 +217,27 @@ def exposition(server: BrokerServer, *, per_object: bool) -> str:
         "rabbitmq_connections_opened_total",
         "counter",
         "Total number of connections opened",
-        stats.connections_opened,
+        churn.connections_opened,
     )
     out.single(
         "rabbitmq_connections_closed_total",
         "counter",
         "Total number of connections closed or terminated",
-        stats.connections_closed,
+        churn.connections_closed,
     )
     out.single(
         "rabbitmq_channels_opened_total",
         "counter",
         "Total number of channels opened",
-        stats.channels_opened,
+        churn.channels_opened,
     )
     out.single(
         "rabbitmq_channels_closed_total",
         "counter",
         "Total number of channels closed",
-        stats.channels_closed,
+        churn.channels_closed,
     )
-    memory = _resident_memory_bytes()
+    memory = resident_memory_bytes()
     if memory is not None:
         out.single(
             "rabbitmq_process_resident_memory_bytes",
@@ -261,13 +253,12 @@ def exposition(server: BrokerServer, *, per_object: bool) -> str:
             "Disk space available in bytes",
             disk_free,
         )
-    memory_limit = getattr(server, "memory_limit_bytes", 0)
-    if memory_limit:
+    if server.memory_limit_bytes:  # 0 when the machine's memory is unknown
         out.single(
             "rabbitmq_resident_memory_limit_bytes",
             "gauge",
             "Memory high watermark in bytes",
-            memory_limit,
+            server.memory_limit_bytes,
         )
     out.single(
         "rabbitmq_disk_space_available_limit_bytes",
