@@ -1,15 +1,18 @@
 """One small synchronous adapter per stock AMQP 0-9-1 client.
 
-The scenarios in test_scenarios.py are written once against this interface and
+The scenarios (interop/test_*.py) are written once against this interface and
 run through every adapter. Nothing here imports amqpy: the adapters talk to
-whatever broker URL they are given.
+whatever broker URL they are given. This module holds pika (blocking),
+aio-pika and kombu; pika's async adapter, node amqplib and the amqp-tools
+command-line programs have their own modules; interop/adapters.py lists them.
 
-Interface (every method blocks for a bounded time):
+Interface (every method blocks for a bounded time; a step the client cannot
+express raises base.NotExpressible):
 
     adapter.connect(url, confirms=False) -> connection
     connection.channel() -> channel;  connection.close();  connection.is_open
-    channel.declare_queue(name="", durable=, exclusive=, auto_delete=, passive=)
-        -> the queue's name (server-named when name is "")
+    channel.declare_queue(name="", durable=, exclusive=, auto_delete=, passive=,
+        arguments=None) -> the queue's name (server-named when name is "")
     channel.message_count(queue)                  (passive declare)
     channel.declare_exchange(name, type, durable=, auto_delete=)
     channel.bind_queue(queue, exchange, routing_key)
@@ -19,12 +22,17 @@ Interface (every method blocks for a bounded time):
         (and raises on a nack)
     channel.qos(prefetch_count)
     channel.consume(queue, auto_ack=False) -> consumer tag
-    channel.next_delivery(timeout) -> Delivery | None   (pumps the connection)
+    channel.next_delivery(timeout) -> Delivery | None   (pumps the connection;
+        raises the client's connection error once the broker closed it)
     channel.ack(delivery);  channel.get(queue) -> Delivery | None (auto-ack)
     channel.close();  channel.is_open
+    adapter.missing() -> why the client cannot run here, or None
+    adapter.features: what the client can do beyond the basic interface
+        ("confirms", "exclusive", "passive", "arguments", "exchanges", "props")
     adapter.reopens_channel_after_error: whether the client reopens a channel
         the broker closed (py-amqp does)
-    adapter.channel_error: the exception type(s) a channel.close from the broker
+    adapter.channel_error / adapter.connection_error: the exception type(s) a
+        channel.close / connection.close from the broker (or a refused login)
         raises;  adapter.reply_code(exc) -> its AMQP reply code
 """
 
@@ -32,11 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import aio_pika
+import aio_pika.exceptions
 import aiormq.channel
 import aiormq.exceptions
 import amqp.exceptions
@@ -44,30 +53,17 @@ import kombu
 import pika
 import pika.exceptions
 
-OP_TIMEOUT_S = 10.0
-PUMP_SLICE_S = 0.05
+from interop.base import (
+    ALL_FEATURES,
+    OP_TIMEOUT_S,
+    PUMP_SLICE_S,
+    BodyOnlyDelivery,
+    Delivery,
+    NotExpressible,
+    Props,
+)
 
-
-@dataclass
-class Props:
-    content_type: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    message_id: str | None = None
-    type: str | None = None
-    app_id: str | None = None
-    delivery_mode: int | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Delivery:
-    body: bytes
-    exchange: str
-    routing_key: str
-    redelivered: bool
-    props: Props
-    native: Any = None
+__all__ = ["BodyOnlyDelivery", "Delivery", "NotExpressible", "Props"]
 
 
 # --------------------------------------------------------------------- pika
@@ -75,18 +71,46 @@ class Delivery:
 
 class PikaAdapter:
     name = "pika"
+    features = ALL_FEATURES
     reopens_channel_after_error = False
     channel_error: ClassVar[tuple[type[BaseException], ...]] = (
         pika.exceptions.ChannelClosedByBroker,
     )
+    connection_error: ClassVar[tuple[type[BaseException], ...]] = (
+        pika.exceptions.AMQPConnectionError,
+    )
+    nack_error: ClassVar[tuple[type[BaseException], ...]] = (pika.exceptions.NackError,)
+
+    @staticmethod
+    def missing() -> str | None:
+        return None
 
     @staticmethod
     def reply_code(exc: BaseException) -> int:
-        assert isinstance(exc, pika.exceptions.ChannelClosedByBroker)
-        return exc.reply_code
+        return pika_reply_code(exc)
 
     def connect(self, url: str, confirms: bool = False) -> PikaConnection:
         return PikaConnection(url, confirms)
+
+
+def pika_reply_code(exc: BaseException) -> int:
+    """The reply code in pika's exceptions: ChannelClosedByBroker and
+    ConnectionClosedByBroker carry it; a refused login is a
+    ProbableAuthenticationError wrapping the broker's ConnectionClosedByBroker."""
+    if isinstance(
+        exc,
+        pika.exceptions.ChannelClosedByBroker
+        | pika.exceptions.ConnectionClosedByBroker,
+    ):
+        return exc.reply_code
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            return pika_reply_code(arg)
+        # ProbableAuthenticationError / ProbableAccessDeniedError keep the
+        # broker's close only as text: 'ConnectionClosedByBroker: (403) "..."'.
+        if isinstance(arg, str) and (match := re.search(r"\((\d{3})\)", arg)):
+            return int(match.group(1))
+    raise AssertionError(f"no reply code in {exc!r}")
 
 
 class PikaConnection:
@@ -132,6 +156,7 @@ class PikaChannel:
         exclusive: bool = False,
         auto_delete: bool = False,
         passive: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> str:
         ok = self.native.queue_declare(
             name,
@@ -139,6 +164,7 @@ class PikaChannel:
             durable=durable,
             exclusive=exclusive,
             auto_delete=auto_delete,
+            arguments=arguments,
         )
         return ok.method.queue
 
@@ -177,6 +203,8 @@ class PikaChannel:
                 type=p.type,
                 app_id=p.app_id,
                 delivery_mode=p.delivery_mode,
+                priority=p.priority,
+                expiration=p.expiration,
                 headers=p.headers or None,
             ),
         )
@@ -186,7 +214,7 @@ class PikaChannel:
 
     def consume(self, queue: str, auto_ack: bool = False) -> str:
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            self.deliveries.append(_pika_delivery(method, properties, body))
+            self.deliveries.append(pika_delivery(method, properties, body))
 
         return self.native.basic_consume(queue, on_message, auto_ack=auto_ack)
 
@@ -208,14 +236,14 @@ class PikaChannel:
         method, properties, body = self.native.basic_get(queue, auto_ack=True)
         if method is None:
             return None
-        return _pika_delivery(method, properties, body)
+        return pika_delivery(method, properties, body)
 
     def close(self) -> None:
         if self.native.is_open:
             self.native.close()
 
 
-def _pika_delivery(method: Any, properties: Any, body: bytes) -> Delivery:
+def pika_delivery(method: Any, properties: Any, body: bytes) -> Delivery:
     return Delivery(
         body=body,
         exchange=method.exchange,
@@ -229,6 +257,8 @@ def _pika_delivery(method: Any, properties: Any, body: bytes) -> Delivery:
             type=properties.type,
             app_id=properties.app_id,
             delivery_mode=properties.delivery_mode,
+            priority=properties.priority,
+            expiration=properties.expiration,
             headers=dict(properties.headers or {}),
         ),
         native=method.delivery_tag,
@@ -247,15 +277,36 @@ class AioPikaAdapter:
     wait in the socket until the next call."""
 
     name = "aio-pika"
+    features = ALL_FEATURES
     reopens_channel_after_error = False
     channel_error: ClassVar[tuple[type[BaseException], ...]] = (
         aiormq.exceptions.ChannelClosed,
     )
+    connection_error: ClassVar[tuple[type[BaseException], ...]] = (
+        aiormq.exceptions.AMQPConnectionError,
+        # A vhost refused at connection.open: aiormq expected open-ok and
+        # raises this, without the broker's reply code or text.
+        aiormq.exceptions.InvalidFrameError,
+        ConnectionError,
+    )
+    nack_error: ClassVar[tuple[type[BaseException], ...]] = (
+        aio_pika.exceptions.DeliveryError,
+    )
+
+    @staticmethod
+    def missing() -> str | None:
+        return None
 
     @staticmethod
     def reply_code(exc: BaseException) -> int:
         if exc.args and isinstance(exc.args[0], int):
             return exc.args[0]
+        for arg in exc.args:
+            # A refused login: ProbableAuthenticationError wraps the
+            # broker's close method (or its text).
+            code = getattr(arg, "reply_code", None)
+            if isinstance(code, int):
+                return code
         for cls in type(exc).__mro__:
             if cls in _AIORMQ_CODES:
                 return _AIORMQ_CODES[cls]
@@ -269,18 +320,30 @@ class AioPikaConnection:
     def __init__(self, url: str, confirms: bool) -> None:
         self.runner = asyncio.Runner()
         self.confirms = confirms
+        # Set (with the broker's reason) when the connection closes.
+        self.closed_error: BaseException | None = None
         try:
+            self.closed = self.runner.run(self._event())
             self.native = self.run(aio_pika.connect(url, timeout=OP_TIMEOUT_S))
         except BaseException:
             self.runner.close()
             raise
+        self.native.close_callbacks.add(self._on_close)
+
+    @staticmethod
+    async def _event() -> asyncio.Event:
+        return asyncio.Event()
+
+    def _on_close(self, _sender: Any, exc: BaseException | None) -> None:
+        self.closed_error = exc
+        self.closed.set()
 
     def run(self, coro: Any, timeout: float = OP_TIMEOUT_S) -> Any:
         return self.runner.run(asyncio.wait_for(coro, timeout))
 
     @property
     def is_open(self) -> bool:
-        return not self.native.is_closed
+        return not (self.closed.is_set() or self.native.is_closed)
 
     def channel(self) -> AioPikaChannel:
         async def open_channel() -> Any:
@@ -317,6 +380,7 @@ class AioPikaChannel:
         exclusive: bool = False,
         auto_delete: bool = False,
         passive: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> str:
         queue = self.run(
             self.native.declare_queue(
@@ -325,6 +389,7 @@ class AioPikaChannel:
                 exclusive=exclusive,
                 auto_delete=auto_delete,
                 passive=passive,
+                arguments=arguments,
             )
         )
         return queue.name
@@ -368,6 +433,8 @@ class AioPikaChannel:
             type=p.type,
             app_id=p.app_id,
             delivery_mode=p.delivery_mode,
+            priority=p.priority,
+            expiration=int(p.expiration) / 1000 if p.expiration else None,
             headers=p.headers or None,
         )
 
@@ -399,10 +466,24 @@ class AioPikaChannel:
 
     def next_delivery(self, timeout: float) -> Delivery | None:
         assert self.deliveries is not None, "consume first"
-        try:
-            return self.run(self.deliveries.get(), timeout=timeout)
-        except TimeoutError:
+        deliveries, closed = self.deliveries, self.connection.closed
+
+        async def wait() -> Delivery | None:
+            got = asyncio.ensure_future(deliveries.get())
+            ended = asyncio.ensure_future(closed.wait())
+            done, pending = await asyncio.wait(
+                {got, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if got in done:
+                return got.result()
+            if ended in done and self.connection.closed_error is not None:
+                raise self.connection.closed_error
             return None
+
+        return self.run(wait(), timeout=timeout + OP_TIMEOUT_S)
 
     def ack(self, delivery: Delivery) -> None:
         self.run(delivery.native.ack())
@@ -434,10 +515,19 @@ def _aio_delivery(message: Any) -> Delivery:
             type=message.type,
             app_id=message.app_id,
             delivery_mode=int(message.delivery_mode) if message.delivery_mode else None,
+            priority=message.priority,
+            expiration=_aio_expiration(message),
             headers=dict(message.headers or {}),
         ),
         native=message,
     )
+
+
+def _aio_expiration(message: Any) -> str | None:
+    # aio-pika turns the expiration property into seconds; back to the wire's
+    # milliseconds text.
+    seconds = message.expiration
+    return None if seconds is None else str(round(seconds * 1000))
 
 
 # -------------------------------------------------------------------- kombu
@@ -448,12 +538,25 @@ class KombuAdapter:
     Producer and Consumer; channels are py-amqp channels."""
 
     name = "kombu"
+    features = ALL_FEATURES
     # py-amqp answers a broker's channel.close with close-ok and then reopens
     # the same channel object (Channel._do_revive) before raising.
     reopens_channel_after_error = True
     channel_error: ClassVar[tuple[type[BaseException], ...]] = (
         amqp.exceptions.ChannelError,
     )
+    # py-amqp counts 403 among channel errors, also when it refuses a login.
+    connection_error: ClassVar[tuple[type[BaseException], ...]] = (
+        amqp.exceptions.ConnectionError,
+        amqp.exceptions.AccessRefused,
+    )
+    nack_error: ClassVar[tuple[type[BaseException], ...]] = (
+        amqp.exceptions.MessageNacked,
+    )
+
+    @staticmethod
+    def missing() -> str | None:
+        return None
 
     @staticmethod
     def reply_code(exc: BaseException) -> int:
@@ -519,9 +622,14 @@ class KombuChannel:
         exclusive: bool = False,
         auto_delete: bool = False,
         passive: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> str:
         queue = self._queue(
-            name, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+            name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            queue_arguments=arguments,
         )
         queue.queue_declare(passive=passive)
         return queue.name
@@ -568,6 +676,8 @@ class KombuChannel:
             correlation_id=p.correlation_id,
             reply_to=p.reply_to,
             delivery_mode=p.delivery_mode,
+            priority=p.priority or 0,
+            expiration=int(p.expiration) / 1000 if p.expiration else None,
             serializer=None,
             **extra,
         )
@@ -628,10 +738,9 @@ def _kombu_delivery(message: Any) -> Delivery:
             type=properties.get("type"),
             app_id=properties.get("app_id"),
             delivery_mode=properties.get("delivery_mode"),
+            priority=properties.get("priority"),
+            expiration=properties.get("expiration"),
             headers=dict(message.headers or {}),
         ),
         native=message,
     )
-
-
-ADAPTERS = {a.name: a for a in (PikaAdapter(), AioPikaAdapter(), KombuAdapter())}

@@ -1,11 +1,14 @@
 """Run the interop suite against amqpy and against RabbitMQ; write docs/interop.md.
 
-    python interop/make_table.py [--output docs/interop.md] [--rabbitmq-url URL]
+    python interop/make_table.py [--output docs/interop.md]
+        [--rabbitmq-url URL --rabbitmq-management-url URL]
 
-amqpy: the suite starts `python -m amqpy server --port 0` itself.
-RabbitMQ: interop/run_rabbitmq.sh starts Debian's rabbitmq-server on a spare
-127.0.0.1 port with a throw-away data dir and stops it afterwards (or pass
---rabbitmq-url to use a broker that is already running).
+amqpy: the suite starts `python -m amqpy server --port 0` itself (with its
+management API, and restarts it for the durability cases).
+RabbitMQ: interop/run_rabbitmq.sh starts Debian's rabbitmq-server with the
+management plugin on spare 127.0.0.1 ports with a throw-away data dir, restarts
+it for the durability cases and stops it afterwards (or pass --rabbitmq-url to
+use a broker that is already running; then the restart cases are skipped).
 """
 
 from __future__ import annotations
@@ -13,23 +16,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RUN_TIMEOUT_S = 300
+# Each RabbitMQ restart takes ~20 s, and the durability cases restart it
+# once per client.
+RUN_TIMEOUT_S = 1200
 SCRIPT_TIMEOUT_S = 180
 
+Results = dict[tuple[str, str], tuple[str, str]]
 
-def run_suite(label: str, url: str | None, workdir: Path) -> dict[tuple[str, str], str]:
+
+def run_suite(
+    label: str,
+    url: str | None,
+    workdir: Path,
+    management_url: str | None = None,
+    restart_command: str | None = None,
+) -> Results:
     results = workdir / f"{label}.json"
     env = dict(os.environ, AMQPY_INTEROP_RESULTS=str(results))
-    env.pop("AMQPY_INTEROP_URL", None)
-    env.pop("AMQPY_INTEROP_TABLE", None)
+    for name in (
+        "AMQPY_INTEROP_URL",
+        "AMQPY_INTEROP_TABLE",
+        "AMQPY_INTEROP_MANAGEMENT_URL",
+        "AMQPY_INTEROP_RESTART_COMMAND",
+    ):
+        env.pop(name, None)
     command = [
         sys.executable,
         "-m",
@@ -41,12 +61,16 @@ def run_suite(label: str, url: str | None, workdir: Path) -> dict[tuple[str, str
     ]
     if url:
         command += ["--broker-url", url]
-    print(f"== {label}: {' '.join(command)}", flush=True)
+    if management_url:
+        command += ["--management-url", management_url]
+    if restart_command:
+        command += ["--broker-restart-command", restart_command]
+    print(f"== {label}: {shlex.join(command)}", flush=True)
     subprocess.run(command, cwd=REPO, env=env, timeout=RUN_TIMEOUT_S, check=False)
     if not results.exists():
         raise SystemExit(f"{label}: the suite wrote no results")
     rows = json.loads(results.read_text())
-    return {(scenario, client): outcome for scenario, client, outcome in rows}
+    return {(s, c): (outcome, raised) for s, c, outcome, raised in rows}
 
 
 def rabbitmq_version() -> str:
@@ -63,57 +87,143 @@ def rabbitmq_version() -> str:
         return "unknown"
 
 
-def run_rabbitmq(workdir: Path) -> dict[tuple[str, str], str]:
+def run_rabbitmq(workdir: Path) -> Results:
     state = workdir / "rabbitmq"
     state.mkdir()
     state.chmod(0o755)
     workdir.chmod(0o755)
     script = str(HERE / "run_rabbitmq.sh")
-    url = (
-        subprocess.run(
-            [script, "start", str(state)],
-            capture_output=True,
-            text=True,
-            timeout=SCRIPT_TIMEOUT_S,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    lines = subprocess.run(
+        [script, "start", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+        check=True,
+    ).stdout.splitlines()
+    url, management_url = lines[-2].strip(), lines[-1].strip()
     try:
-        return run_suite("rabbitmq", url, workdir)
+        return run_suite(
+            "rabbitmq",
+            url,
+            workdir,
+            management_url,
+            shlex.join([script, "restart", str(state)]),
+        )
     finally:
         subprocess.run(
             [script, "stop", str(state)], timeout=SCRIPT_TIMEOUT_S, check=False
         )
 
 
-def render(amqpy: dict, rabbit: dict, rabbit_version: str) -> str:
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def _kind(outcome: str) -> str:
+    for prefix in ("n/a", "amqpy-only", "known client limitation", "skipped"):
+        if outcome.startswith(prefix):
+            return prefix
+    return outcome
+
+
+def render(amqpy: Results, rabbit: Results, rabbit_version: str) -> str:
     versions = ", ".join(
         f"{name} {metadata.version(name)}"
-        for name in ("pika", "aio-pika", "kombu", "amqp")
+        for name in ("pika", "aio-pika", "kombu", "amqp", "celery")
+    )
+    node = _node_versions()
+    cells = sorted(set(amqpy) | set(rabbit))
+    amqpy_only = sorted(
+        {s for (s, _), (o, _) in rabbit.items() if o.startswith("amqpy-only")}
     )
     lines = [
         "# Interoperability: stock clients against amqpy and RabbitMQ",
         "",
         "Generated by `python interop/make_table.py`; do not edit by hand.",
-        "The same scenarios (`interop/test_scenarios.py`) run through each client",
-        "adapter (`interop/clients.py`) against both brokers. Point the suite at",
-        "any broker with `python -m pytest interop --broker-url URL`",
-        "(or `AMQPY_INTEROP_URL`); without one it starts amqpy.",
+        "The same scenarios (`interop/test_*.py`) run through each client",
+        "adapter (`interop/clients.py`, `pika_async.py`, `amqplib_client.py`,",
+        "`amqp_tools.py`) and as real programs (celery, kombu) against both",
+        "brokers. Point the suite at any broker with",
+        "`python -m pytest interop --broker-url URL [--management-url URL]",
+        '[--broker-restart-command "..."]`; without one it starts amqpy.',
         "",
-        f"RabbitMQ: Debian rabbitmq-server {rabbit_version}. Clients: {versions}.",
+        f"RabbitMQ: Debian rabbitmq-server {rabbit_version} with the management "
+        f"plugin. Clients: {versions}, {node}, amqp-tools "
+        f"{_deb_version('amqp-tools')} (rabbitmq-c).",
+        "",
+        "## Summary",
+        "",
+        "| result | amqpy | RabbitMQ |",
+        "|---|---|---|",
+    ]
+    counts = [Counter(_kind(o) for o, _ in r.values()) for r in (amqpy, rabbit)]
+    lines += [
+        f"| {kind} | {counts[0][kind]} | {counts[1][kind]} |"
+        for kind in sorted(set(counts[0]) | set(counts[1]))
+    ]
+    lines += [
+        "",
+        "`n/a`: the client cannot express the case (the reason says which step).",
+        "`known client limitation`: the client runs the case and behaves as",
+        "described, on both brokers (a strict expected failure).",
+        "amqpy-only cases (extensions RabbitMQ lacks): "
+        + (", ".join(amqpy_only) if amqpy_only else "none; amqpy adds no extension")
+        + ".",
+        "",
+        "## Scenario x client",
         "",
         "| scenario | client | amqpy | RabbitMQ |",
         "|---|---|---|---|",
     ]
-    for scenario, client in sorted(set(amqpy) | set(rabbit)):
-        cells = [
-            r.get((scenario, client), "not run").replace("|", "/")
-            for r in (amqpy, rabbit)
-        ]
-        lines.append(f"| {scenario} | {client} | {cells[0]} | {cells[1]} |")
+    for scenario, client in cells:
+        row = [r.get((scenario, client), ("not run", ""))[0] for r in (amqpy, rabbit)]
+        lines.append(f"| {scenario} | {client} | {_cell(row[0])} | {_cell(row[1])} |")
+    lines += [
+        "",
+        "## What each client raised",
+        "",
+        "The exception class (and the AMQP reply code it carries) in the error",
+        "cases, as each client reported it.",
+        "",
+        "| scenario | client | amqpy | RabbitMQ |",
+        "|---|---|---|---|",
+    ]
+    for scenario, client in cells:
+        raised = [r.get((scenario, client), ("", ""))[1] for r in (amqpy, rabbit)]
+        if any(raised):
+            lines.append(
+                f"| {scenario} | {client} | {_cell(raised[0])} | {_cell(raised[1])} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _deb_version(package: str) -> str:
+    try:
+        return subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _node_versions() -> str:
+    try:
+        node = subprocess.run(
+            ["node", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        lock = json.loads((HERE / "node" / "package-lock.json").read_text())
+        amqplib = lock["packages"]["node_modules/amqplib"]["version"]
+    except (OSError, subprocess.SubprocessError, KeyError, ValueError):
+        return "node amqplib (version unknown)"
+    return f"amqplib {amqplib} on node {node}"
 
 
 def main() -> int:
@@ -122,18 +232,26 @@ def main() -> int:
     parser.add_argument(
         "--rabbitmq-url", help="use this RabbitMQ instead of starting one"
     )
+    parser.add_argument(
+        "--rabbitmq-management-url", help="its management API (http://host:port)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="interop-table-") as tmp:
         workdir = Path(tmp)
         amqpy = run_suite("amqpy", None, workdir)
         if args.rabbitmq_url:
-            rabbit = run_suite("rabbitmq", args.rabbitmq_url, workdir)
+            rabbit = run_suite(
+                "rabbitmq", args.rabbitmq_url, workdir, args.rabbitmq_management_url
+            )
         else:
             rabbit = run_rabbitmq(workdir)
-    args.output.write_text(render(amqpy, rabbit, rabbitmq_version()))
-    print(f"wrote {args.output}")
-    outcomes = [*amqpy.values(), *rabbit.values()]
-    return 1 if any(o == "fail" or o.startswith("error") for o in outcomes) else 0
+    outcomes = [o for r in (amqpy, rabbit) for o, _ in r.values()]
+    failed = any(o == "fail" or o.startswith("error") for o in outcomes)
+    # A failed run does not replace the published table.
+    output = args.output.with_suffix(".failed.md") if failed else args.output
+    output.write_text(render(amqpy, rabbit, rabbitmq_version()))
+    print(f"wrote {output}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -464,6 +464,17 @@ class ConnectionHandler:
             self._close_deadline = (
                 trio.current_time() + self.config.listener.close_timeout_s
             )
+            if self._nursery is not None:
+                # The reader may be waiting with no deadline (a close from
+                # the API, or while it is paused): the drop is timed here.
+                self._nursery.start_soon(self._drop_at_close_deadline)
+
+    async def _drop_at_close_deadline(self) -> None:
+        assert self._close_deadline is not None
+        await trio.sleep_until(self._close_deadline)
+        if self.protocol.state is not ConnectionState.CLOSED:
+            LOGGER.warning("%s: no close-ok in time, dropping", self.name)
+            self._abort()
 
     # -- handshake -----------------------------------------------------------------
 

@@ -4,10 +4,12 @@ log that password guessing cannot flood."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import pika
 import pytest
+from helpers.management import Api, path
 
 from amqpy.server.embedded import EmbeddedBroker
 
@@ -55,3 +57,26 @@ def test_failed_logins_are_logged_with_the_peer_but_not_without_end(
     assert all("127.0.0.1:" in line and "'guest'" in line for line in failures)
     assert "wrong" not in " ".join(failures)  # no secret in a log line
     assert len(failures) < 30
+
+
+def test_a_client_that_never_answers_a_close_is_dropped_after_the_close_timeout(
+    make_broker: Callable[..., EmbeddedBroker],
+) -> None:
+    """A close the broker starts from outside the connection (the API, a
+    vhost or user deletion) is bounded by listener.close_timeout_s too."""
+    broker = make_broker(
+        management={"enabled": True}, listener={"close_timeout_s": 0.5}
+    )
+    api = Api(broker.management_url)
+    silent = pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", broker.port, socket_timeout=5)
+    )  # never read from again
+    [name] = [connection["name"] for connection in api.get("/api/connections").json()]
+    started = time.monotonic()
+    assert api.delete(path("connections", name)).status_code == 204
+    while api.get("/api/connections").json():
+        assert time.monotonic() - started < 5, "the silent connection stayed"
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 0.4
+    api.close()
+    del silent
