@@ -7,7 +7,7 @@ with every other client of the broker waiting (found by the protocol fuzzer,
 docs/reliability.md). These functions read by position instead and give
 exactly pamqp's results, quirks included (a value may run past the end of
 its table; a long string that is not UTF-8 comes back as bytes), so nothing
-else changes. Scalars are still decoded by pamqp, on slices of their own size.
+else changes (tests/unit/protocol/test_fuzz_protocol.py checks that).
 """
 
 from __future__ import annotations
@@ -19,26 +19,24 @@ from pamqp import base as pamqp_base
 from pamqp import decode as pamqp_decode
 
 _U32 = struct.Struct(">I")
-_BYTE = struct.Struct("B")
 
-# Bytes each fixed-size scalar tag reads after the tag.
-_SCALAR_SIZES = {
-    b"t": 1,
-    b"b": 1,
-    b"B": 1,
-    b"s": 2,
-    b"u": 2,
-    b"I": 4,
-    b"i": 4,
-    b"l": 8,
-    b"L": 8,
-    b"f": 4,
-    b"d": 8,
-    b"D": 5,
-    b"T": 8,
-    b"V": 0,
-    b"\x00": 0,
+# Fixed-size scalars decoded here (as pamqp decodes them); the rarer decimal
+# and timestamp go to pamqp, on slices of their own size.
+_SCALARS = {
+    b"t": struct.Struct("B"),
+    b"b": struct.Struct(">b"),
+    b"B": struct.Struct(">B"),
+    b"s": struct.Struct(">h"),
+    b"u": struct.Struct(">H"),
+    b"I": struct.Struct(">l"),
+    b"i": struct.Struct(">L"),
+    b"l": struct.Struct(">q"),
+    b"L": struct.Struct(">q"),
+    b"f": struct.Struct(">f"),
+    b"d": struct.Struct(">d"),
 }
+_PAMQP_SCALAR_SIZES = {b"D": 5, b"T": 8}
+_VOIDS = (b"V", b"\x00")
 
 
 def _length(buffer: bytes, position: int) -> int:
@@ -54,7 +52,16 @@ def _value(buffer: bytes, position: int) -> tuple[int, Any]:
         return 0, None
     tag = buffer[position : position + 1]
     start = position + 1
-    size = _SCALAR_SIZES.get(tag)
+    if tag in _VOIDS:
+        return 1, None
+    scalar = _SCALARS.get(tag)
+    if scalar is not None:
+        try:
+            (value,) = scalar.unpack_from(buffer, start)
+        except struct.error as error:
+            raise ValueError(f"Could not unpack {tag!r} value") from error
+        return scalar.size + 1, bool(value) if tag == b"t" else value
+    size = _PAMQP_SCALAR_SIZES.get(tag)
     if size is not None:
         consumed, value = pamqp_decode.TABLE_MAPPING[tag](buffer[start : start + size])
     elif tag == b"S":

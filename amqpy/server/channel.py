@@ -17,6 +17,7 @@ from amqpy.broker.access import READ, TOPIC, WRITE
 from amqpy.broker.channel import Channel, Unacked, generate_name
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
+    InternalError,
     NotAllowedError,
     NotFoundError,
     PreconditionFailedError,
@@ -637,14 +638,23 @@ class ChannelHandler:
         try:
             message.expiration_ms  # noqa: B018 - reading it validates it
         except ValueError as error:
+            try:
+                expiration = message.properties.expiration or ""
+            except ValueError:
+                # Properties that cannot be decoded at all: RabbitMQ closes
+                # the connection with 541 (found by bench/fuzz_socket.py).
+                raise InternalError(str(error)) from error
             raise PreconditionFailedError(
-                expiration_error_text(message.properties.expiration or "", str(error))
+                expiration_error_text(expiration, str(error))
             ) from error
         extra_keys = None
         if properties_raw and properties_raw[0] & 0x20:  # headers flag (0x2000)
             message, extra_keys = self._sender_selected(message)
             if isinstance(exchange, DelayedMessageExchange):
-                delay_ms = message_delay_ms(message)
+                try:
+                    delay_ms = message_delay_ms(message)
+                except ValueError as error:  # unreadable properties, as above
+                    raise InternalError(str(error)) from error
                 if delay_ms:
                     return message, Held(exchange, delay_ms, extra_keys)
         try:
