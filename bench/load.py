@@ -1,9 +1,9 @@
 """Load benchmark (not a test): as many connections as the file limit allows,
 each with a channel and consumers, then one message through every one of them.
 
-    /work/venv/bin/python bench/load.py                       # limit-sized run
-    /work/venv/bin/python bench/load.py --connections 5000 --rounds 2
-    /work/venv/bin/python bench/load.py --url amqp://guest:guest@127.0.0.1:5672/ \\
+    .venv/bin/python bench/load.py                       # limit-sized run
+    .venv/bin/python bench/load.py --connections 5000 --rounds 2
+    .venv/bin/python bench/load.py --url amqp://guest:guest@127.0.0.1:5672/ \\
         --broker-pid 1234
 
 It raises its own open-file limit to the hard limit (the broker it starts
@@ -97,6 +97,7 @@ class Client(asyncio.Protocol):
         self.publish_seq = 0  # the last publish's sequence number (confirms)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reply: asyncio.Future[Any] | None = None
+        self._start: asyncio.Future[Any] | None = None
         self._reply_type: type[Any] = object
         self._content: tuple[commands.Basic.Deliver, int, list[bytes]] | None = None
         self._writable = asyncio.Event()
@@ -107,7 +108,8 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
-        self._expect(commands.Connection.Start)
+        # connection.start may arrive before open() looks for it.
+        self._start = self._expect(commands.Connection.Start)
         self.transport.write(PROTOCOL_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -258,8 +260,8 @@ class Client(asyncio.Protocol):
         confirms: bool = True,
     ) -> None:
         """The handshake (the header went out on connect), then channel 1."""
-        assert self._reply is not None
-        await self._reply  # connection.start
+        assert self._start is not None, "not connected"
+        await self._start
         tune = self._expect(commands.Connection.Tune)
         self.send(
             0,
@@ -358,7 +360,9 @@ class Client(asyncio.Protocol):
             async with asyncio.timeout(limit_s):
                 await self.call(
                     0,
-                    commands.Connection.Close(reply_code=200, reply_text="bye"),
+                    commands.Connection.Close(
+                        reply_code=200, reply_text="bye", class_id=0, method_id=0
+                    ),
                     commands.Connection.CloseOk,
                 )
         except (ClientError, TimeoutError):
@@ -399,6 +403,7 @@ class Confirms:
         self.nacked = 0
         self.settled = asyncio.Event()
         self.settled.set()
+        self._progress = asyncio.Event()
 
     def published(self, seq: int) -> None:
         self.pending.add(seq)
@@ -416,7 +421,15 @@ class Confirms:
             self.nacked += len(done)
         if not self.pending:
             self.settled.set()
+        if done:
+            self._progress.set()
         return done
+
+    async def wait_below(self, count: int) -> None:
+        """Until fewer than `count` publishes are unconfirmed (a window)."""
+        while len(self.pending) >= count:
+            self._progress.clear()
+            await self._progress.wait()
 
 
 # -- the broker under load ---------------------------------------------------------
@@ -587,6 +600,7 @@ async def run_round(
 
     async def open_one(number: int) -> None:
         async with gate:
+            client: Client | None = None
             try:
                 client = await connect(
                     host,
@@ -602,7 +616,13 @@ async def run_round(
                 await client.consume(f"load.{number}")
                 if shared:
                     await client.consume("load.shared")
-            except (OSError, ClientError, TimeoutError) as error:
+            except BaseException as error:
+                # Half-set-up connections are dropped, also when the phase
+                # times out (cancelled).
+                if client is not None and client.transport is not None:
+                    client.transport.abort()
+                if not isinstance(error, OSError | ClientError | TimeoutError):
+                    raise
                 errors[_error_kind(error)] += 1
                 return
             clients[number] = client
@@ -686,34 +706,60 @@ async def run_load(
     user: str = "guest",
     password: str = "guest",
     vhost: str = "/",
+    progress: Callable[[int, RoundResult], None] | None = None,
 ) -> LoadResult:
-    """The whole run; the shared queue is declared (and left) first."""
+    """The whole run; the shared queue is declared (and left) first.
+    `progress(number, round)` is told of each round as it ends."""
     if shared:
         setup = await connect(host, port, user=user, password=password, vhost=vhost)
         await setup.declare("load.shared")
         await setup.close()
     rss_start = rss_kb(broker_pid) if broker_pid is not None else None
     result = LoadResult(connections, messages, shared, rss_start, [])
-    for _ in range(rounds):
-        result.rounds.append(
-            await run_round(
-                host,
-                port,
-                connections,
-                messages,
-                shared=shared,
-                concurrency=concurrency,
-                broker_pid=broker_pid,
-                phase_limit_s=phase_limit_s,
-                user=user,
-                password=password,
-                vhost=vhost,
-            )
+    for number in range(1, rounds + 1):
+        one = await run_round(
+            host,
+            port,
+            connections,
+            messages,
+            shared=shared,
+            concurrency=concurrency,
+            broker_pid=broker_pid,
+            phase_limit_s=phase_limit_s,
+            user=user,
+            password=password,
+            vhost=vhost,
         )
+        result.rounds.append(one)
+        if progress is not None:
+            progress(number, one)
     return result
 
 
 # -- the command ---------------------------------------------------------------------
+
+
+def round_row(one: RoundResult) -> dict[str, Any]:
+    row = asdict(one)
+    row["rss_held_mb"] = _mb(row.pop("rss_held_kb"))
+    row["rss_closed_mb"] = _mb(row.pop("rss_closed_kb"))
+    for key in ("open_s", "open_per_s", "deliver_s", "close_s"):
+        row[key] = round(row[key], 2)
+    return row
+
+
+def print_round(number: int, one: RoundResult) -> None:
+    row = round_row(one)
+    print(  # noqa: T201
+        f"round {number}: held {one.held} connections (errors "
+        f"{one.errors or 'none'}) in {one.open_s:.1f} s ({one.open_per_s:.0f}/s); "
+        f"broker RSS {row['rss_held_mb']} MB held, {row['rss_closed_mb']} MB after "
+        f"close; published {one.published}, confirmed {one.confirmed}, nacked "
+        f"{one.nacked}, delivered {one.delivered} in {one.deliver_s:.2f} s; "
+        f"missing {one.missing}, duplicates {one.duplicates}, unexpected "
+        f"{one.unexpected}; closed in {one.close_s:.1f} s",
+        flush=True,
+    )
 
 
 def report(result: LoadResult, problems: list[str]) -> dict[str, Any]:
@@ -727,30 +773,12 @@ def report(result: LoadResult, problems: list[str]) -> dict[str, Any]:
             if result.rss_per_connection_kb is not None
             else None
         ),
-        "rounds": [],
+        "rounds": [round_row(one) for one in result.rounds],
         "broker_warnings": len(problems),
     }
-    for number, one in enumerate(result.rounds, 1):
-        row = asdict(one)
-        row["rss_held_mb"] = _mb(row.pop("rss_held_kb"))
-        row["rss_closed_mb"] = _mb(row.pop("rss_closed_kb"))
-        for key in ("open_s", "open_per_s", "deliver_s", "close_s"):
-            row[key] = round(row[key], 2)
-        summary["rounds"].append(row)
-        print(  # noqa: T201
-            f"round {number}: held {one.held}/{result.requested} connections "
-            f"(errors {one.errors or 'none'}) in {one.open_s:.1f} s "
-            f"({one.open_per_s:.0f}/s); broker RSS {row['rss_held_mb']} MB held, "
-            f"{row['rss_closed_mb']} MB after close; published {one.published}, "
-            f"confirmed {one.confirmed}, nacked {one.nacked}, delivered "
-            f"{one.delivered} in {one.deliver_s:.2f} s; missing {one.missing}, "
-            f"duplicates {one.duplicates}, unexpected {one.unexpected}; closed in "
-            f"{one.close_s:.1f} s",
-            flush=True,
-        )
     print(  # noqa: T201
         f"broker RSS at start {summary['rss_start_mb']} MB, "
-        f"{summary['rss_per_connection_kb']} KB per held connection",
+        f"{summary['rss_per_connection_kb']} KB per connection held in round 1",
         flush=True,
     )
     for line in problems[:10]:
@@ -819,6 +847,7 @@ def main() -> None:
                 user=user,
                 password=password,
                 vhost=vhost,
+                progress=print_round,
             )
         )
 
