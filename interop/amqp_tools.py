@@ -6,8 +6,10 @@ Every call runs one program, which opens a connection of its own: a
 simply works again (as a client that reopens its channel). What the programs
 cannot express raises base.NotExpressible: exclusive, auto-delete, passive or
 argument-carrying declares, exchanges and bindings, message counts,
-confirms, and properties beyond content-type, reply-to, persistence and
-string headers; amqp-consume and amqp-get hand over only the body.
+confirms, mandatory publishes, reject/nack, transactions, consumer arguments,
+a per-channel prefetch, and properties beyond content-type, reply-to,
+persistence and string headers; amqp-consume and amqp-get hand over only the
+body (see AmqpToolsAdapter.cannot).
 
 consume runs amqp-consume, which runs a command per message and acks the
 message when the command exits: the command prints the body (base64, one line)
@@ -40,6 +42,7 @@ from interop.base import (
     ReportedChannelError,
     ReportedConnectionError,
     ReportedError,
+    Returned,
 )
 
 PROGRAMS = (
@@ -65,6 +68,16 @@ class AmqpToolsAdapter:
         "exchanges": "amqp-tools has no program to declare an exchange",
         "props": "amqp-publish sets only content-type, reply-to, persistence "
         "and string headers; amqp-consume/amqp-get give only the body",
+        "returns": "amqp-publish does not publish mandatory",
+        "reject": "amqp-consume only acks (when its command exits)",
+        "nack": "amqp-consume only acks (when its command exits)",
+        "tx": "no amqp-tools program uses transactions",
+        "one_channel": "each amqp-tools program opens a connection of its "
+        "own: a consumer and a publish cannot share a channel",
+        "consumer_arguments": "amqp-consume takes no consumer arguments",
+        "cancel_notify": "rabbitmq-c does not announce consumer_cancel_notify: "
+        "amqp-consume waits on after its queue is deleted",
+        "qos_global": "amqp-consume sets only a per-consumer prefetch count",
     }
     reopens_channel_after_error = True
     # Scenario -> what the programs do instead; run as strict xfail.
@@ -176,12 +189,33 @@ class ToolsChannel:
         raise NotExpressible("no amqp-tools program reports a queue's message count")
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         raise NotExpressible("amqp-tools has no program to declare an exchange")
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         raise NotExpressible("amqp-tools binds only amqp-consume's own queue")
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        raise NotExpressible("amqp-tools has no program to bind an exchange")
 
     def delete_queue(self, name: str) -> None:
         self.connection.run("amqp-delete-queue", "--queue", name)
@@ -190,8 +224,15 @@ class ToolsChannel:
         raise NotExpressible("amqp-tools has no program to delete an exchange")
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
+        if mandatory:
+            raise NotExpressible(AmqpToolsAdapter.cannot["returns"])
         p = props or Props()
         unsupported = [
             name
@@ -221,11 +262,23 @@ class ToolsChannel:
         # The body goes through stdin: any bytes, and empty is allowed.
         self.connection.run("amqp-publish", *args, stdin=body)
 
-    def qos(self, prefetch_count: int) -> None:
+    def returned(self) -> list[Returned]:
+        raise NotExpressible(AmqpToolsAdapter.cannot["returns"])
+
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
+        if global_:
+            raise NotExpressible(AmqpToolsAdapter.cannot["qos_global"])
         # amqp-consume takes the prefetch count on its command line.
         self.prefetch_count = prefetch_count
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
+        if arguments:
+            raise NotExpressible(AmqpToolsAdapter.cannot["consumer_arguments"])
         if self.consumer is not None:
             raise NotExpressible("amqp-consume consumes from one queue")
         self.consumer = Consumer(
@@ -239,9 +292,23 @@ class ToolsChannel:
         assert self.consumer is not None, "consume first"
         return self.consumer.next(timeout)
 
+    def next_cancel(self, timeout: float) -> str | None:
+        raise NotExpressible(AmqpToolsAdapter.cannot["cancel_notify"])
+
     def ack(self, delivery: Delivery) -> None:
         assert self.consumer is not None, "consume first"
         self.consumer.ack(delivery)
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        raise NotExpressible(AmqpToolsAdapter.cannot["reject"])
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        raise NotExpressible(AmqpToolsAdapter.cannot["nack"])
+
+    def tx_select(self) -> None:
+        raise NotExpressible(AmqpToolsAdapter.cannot["tx"])
+
+    tx_commit = tx_rollback = tx_select
 
     def get(self, queue: str) -> Delivery | None:
         out = self.connection.run("amqp-get", "--queue", queue)

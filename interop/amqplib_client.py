@@ -25,11 +25,13 @@ from interop.base import (
     ALL_FEATURES,
     OP_TIMEOUT_S,
     Delivery,
+    NotExpressible,
     Props,
     ReportedChannelError,
     ReportedConnectionError,
     ReportedError,
     ReportedNack,
+    Returned,
 )
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -38,7 +40,10 @@ DRIVER = NODE_DIR / "driver.js"
 
 class AmqplibAdapter:
     name = "amqplib"
-    features = ALL_FEATURES
+    features = ALL_FEATURES - {"tx"}
+    cannot: ClassVar[dict[str, str]] = {
+        "tx": "amqplib has no transactions (tx.select/commit/rollback)",
+    }
     reopens_channel_after_error = False
     channel_error: ClassVar[tuple[type[BaseException], ...]] = (ReportedChannelError,)
     connection_error: ClassVar[tuple[type[BaseException], ...]] = (
@@ -141,10 +146,33 @@ class AmqplibConnection:
             channel = self.channels.get(message["channel"])
             if channel is not None:
                 channel.deliveries.put(_delivery(message))
+        elif kind == "returned":
+            channel = self.channels.get(message["channel"])
+            if channel is not None:
+                delivery = _delivery(message)
+                channel.returns.append(
+                    Returned(
+                        reply_code=message["reply_code"],
+                        reply_text=message["reply_text"],
+                        exchange=delivery.exchange,
+                        routing_key=delivery.routing_key,
+                        body=delivery.body,
+                        props=delivery.props,
+                    )
+                )
+        elif kind == "cancelled":
+            channel = self.channels.get(message["channel"])
+            if channel is not None:
+                channel.cancelled.put(message["tag"])
         elif kind == "channel_closed":
             channel = self.channels.get(message["channel"])
             if channel is not None:
                 channel.closed = True
+                error = message["error"]
+                if error is not None and error["code"] is not None:
+                    channel.closed_by = ReportedChannelError(
+                        error["code"], error["message"], error["class"]
+                    )
         elif kind == "connection_closed":
             error = message["error"] or {
                 "code": None,
@@ -213,10 +241,25 @@ class AmqplibChannel:
         self.connection = connection
         self.ident = ident
         self.closed = False
+        # The broker's channel.close, once amqplib reported it.
+        self.closed_by: ReportedChannelError | None = None
         self.deliveries: queue.Queue[Delivery | BaseException] = queue.Queue()
+        # Filled by the reader thread: a confirmed publish's return is read
+        # before the reply to its publish request.
+        self.returns: list[Returned] = []
+        self.cancelled: queue.Queue[str] = queue.Queue()
 
     def _call(self, op: str, **args: Any) -> Any:
-        return self.connection.request(op, channel=self.ident, **args)
+        try:
+            return self.connection.request(op, channel=self.ident, **args)
+        except ReportedChannelError as exc:
+            # A call made after the broker's channel.close reached amqplib
+            # fails with a bare "Channel closed": the broker's reason came
+            # first, as the channel's 'error' event (as an application
+            # learns it from its error listener).
+            if exc.code is None and self.closed_by is not None:
+                raise self.closed_by from exc
+            raise
 
     @property
     def is_open(self) -> bool:
@@ -247,7 +290,13 @@ class AmqplibChannel:
         return self._call("declare_queue", name=queue, passive=True)["message_count"]
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self._call(
             "declare_exchange",
@@ -255,11 +304,37 @@ class AmqplibChannel:
             type=type,
             durable=durable,
             auto_delete=auto_delete,
+            arguments=arguments,
         )
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         self._call(
-            "bind_queue", queue=queue, exchange=exchange, routing_key=routing_key
+            "bind_queue",
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            arguments=arguments,
+        )
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self._call(
+            "bind_exchange",
+            destination=destination,
+            source=source,
+            routing_key=routing_key,
+            arguments=arguments,
         )
 
     def delete_queue(self, name: str) -> None:
@@ -269,13 +344,19 @@ class AmqplibChannel:
         self._call("delete_exchange", name=name)
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
         p = props or Props()
         self._call(
             "publish",
             exchange=exchange,
             routing_key=routing_key,
+            mandatory=mandatory,
             body=base64.b64encode(body).decode(),
             props={
                 "content_type": p.content_type,
@@ -291,11 +372,28 @@ class AmqplibChannel:
             },
         )
 
-    def qos(self, prefetch_count: int) -> None:
-        self._call("qos", prefetch_count=prefetch_count)
+    def returned(self) -> list[Returned]:
+        returns, self.returns = self.returns, []
+        return returns
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
-        return self._call("consume", queue=queue, auto_ack=auto_ack)
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
+        self._call("qos", prefetch_count=prefetch_count, **{"global": global_})
+
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
+        return self._call(
+            "consume", queue=queue, auto_ack=auto_ack, arguments=arguments
+        )
+
+    def next_cancel(self, timeout: float) -> str | None:
+        try:
+            return self.cancelled.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def next_delivery(self, timeout: float) -> Delivery | None:
         try:
@@ -309,6 +407,17 @@ class AmqplibChannel:
 
     def ack(self, delivery: Delivery) -> None:
         self._call("ack", tag=delivery.native)
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        self._call("reject", tag=delivery.native, requeue=requeue)
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        self._call("nack", tag=delivery.native, requeue=requeue, multiple=multiple)
+
+    def tx_select(self) -> None:
+        raise NotExpressible(AmqplibAdapter.cannot["tx"])
+
+    tx_commit = tx_rollback = tx_select
 
     def get(self, queue: str) -> Delivery | None:
         got = self._call("get", queue=queue)

@@ -14,7 +14,22 @@ PUMP_SLICE_S = 0.05
 # What an adapter may be able to do beyond the basic interface (see
 # interop/clients.py); adapter.features lists what it can.
 ALL_FEATURES = frozenset(
-    ("confirms", "exclusive", "passive", "arguments", "exchanges", "props")
+    (
+        "confirms",
+        "exclusive",
+        "passive",
+        "arguments",
+        "exchanges",
+        "props",
+        "returns",
+        "reject",
+        "nack",
+        "tx",
+        "one_channel",
+        "consumer_arguments",
+        "cancel_notify",
+        "qos_global",
+    )
 )
 
 
@@ -64,6 +79,18 @@ class Props:
     priority: int | None = None
     expiration: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Returned:
+    """A message the broker handed back with basic.return."""
+
+    reply_code: int
+    reply_text: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    props: Props
 
 
 @dataclass

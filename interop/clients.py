@@ -14,21 +14,30 @@ express raises base.NotExpressible):
     channel.declare_queue(name="", durable=, exclusive=, auto_delete=, passive=,
         arguments=None) -> the queue's name (server-named when name is "")
     channel.message_count(queue)                  (passive declare)
-    channel.declare_exchange(name, type, durable=, auto_delete=)
-    channel.bind_queue(queue, exchange, routing_key)
+    channel.declare_exchange(name, type, durable=, auto_delete=, arguments=None)
+    channel.bind_queue(queue, exchange, routing_key, arguments=None)
+    channel.bind_exchange(destination, source, routing_key, arguments=None)
     channel.delete_queue(name);  channel.delete_exchange(name)
-    channel.publish(exchange, routing_key, body, props=None)
+    channel.publish(exchange, routing_key, body, props=None, mandatory=False)
         with confirms=True it returns only once the broker acked the message
         (and raises on a nack)
-    channel.qos(prefetch_count)
-    channel.consume(queue, auto_ack=False) -> consumer tag
+    channel.returned() -> [Returned]: the messages the broker returned
+        (basic.return) so far, oldest first, and forgets them; complete for
+        what was published with confirms=True
+    channel.qos(prefetch_count, global_=False)
+    channel.consume(queue, auto_ack=False, arguments=None) -> consumer tag
     channel.next_delivery(timeout) -> Delivery | None   (pumps the connection;
         raises the client's connection error once the broker closed it)
+    channel.next_cancel(timeout) -> the consumer tag of a basic.cancel the
+        broker sent (a deleted queue), or None       (pumps the connection)
     channel.ack(delivery);  channel.get(queue) -> Delivery | None (auto-ack)
+    channel.reject(delivery, requeue);  channel.nack(delivery, requeue,
+        multiple=False)
+    channel.tx_select();  channel.tx_commit();  channel.tx_rollback()
     channel.close();  channel.is_open
     adapter.missing() -> why the client cannot run here, or None
     adapter.features: what the client can do beyond the basic interface
-        ("confirms", "exclusive", "passive", "arguments", "exchanges", "props")
+        (base.ALL_FEATURES); adapter.cannot[feature]: why it cannot
     adapter.reopens_channel_after_error: whether the client reopens a channel
         the broker closed (py-amqp does)
     adapter.channel_error / adapter.connection_error: the exception type(s) a
@@ -61,6 +70,7 @@ from interop.base import (
     Delivery,
     NotExpressible,
     Props,
+    Returned,
 )
 
 __all__ = ["BodyOnlyDelivery", "Delivery", "NotExpressible", "Props"]
@@ -143,6 +153,11 @@ class PikaChannel:
         self.connection = connection
         self.native = native
         self.deliveries: collections.deque[Delivery] = collections.deque()
+        self.returns: list[Returned] = []
+        self.cancelled: collections.deque[str] = collections.deque()
+        native.add_on_cancel_callback(
+            lambda frame: self.cancelled.append(frame.method.consumer_tag)
+        )
 
     @property
     def is_open(self) -> bool:
@@ -172,14 +187,35 @@ class PikaChannel:
         return self.native.queue_declare(queue, passive=True).method.message_count
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self.native.exchange_declare(
-            name, type, durable=durable, auto_delete=auto_delete
+            name, type, durable=durable, auto_delete=auto_delete, arguments=arguments
         )
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        self.native.queue_bind(queue, exchange, routing_key)
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.native.queue_bind(queue, exchange, routing_key, arguments=arguments)
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.native.exchange_bind(destination, source, routing_key, arguments)
 
     def delete_queue(self, name: str) -> None:
         self.native.queue_delete(name)
@@ -188,49 +224,82 @@ class PikaChannel:
         self.native.exchange_delete(name)
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
-        p = props or Props()
-        self.native.basic_publish(
-            exchange,
-            routing_key,
-            body,
-            pika.BasicProperties(
-                content_type=p.content_type,
-                correlation_id=p.correlation_id,
-                reply_to=p.reply_to,
-                message_id=p.message_id,
-                type=p.type,
-                app_id=p.app_id,
-                delivery_mode=p.delivery_mode,
-                priority=p.priority,
-                expiration=p.expiration,
-                headers=p.headers or None,
-            ),
-        )
+        try:
+            self.native.basic_publish(
+                exchange,
+                routing_key,
+                body,
+                pika_properties(props or Props()),
+                mandatory=mandatory,
+            )
+        except pika.exceptions.UnroutableError as exc:
+            # pika's blocking channel in confirm mode raises for a returned
+            # message once the broker acked it.
+            self.returns.extend(
+                pika_returned(m.method, m.properties, m.body) for m in exc.messages
+            )
 
-    def qos(self, prefetch_count: int) -> None:
-        self.native.basic_qos(prefetch_count=prefetch_count)
+    def returned(self) -> list[Returned]:
+        returns, self.returns = self.returns, []
+        return returns
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
+        self.native.basic_qos(prefetch_count=prefetch_count, global_qos=global_)
+
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
             self.deliveries.append(pika_delivery(method, properties, body))
 
-        return self.native.basic_consume(queue, on_message, auto_ack=auto_ack)
+        return self.native.basic_consume(
+            queue, on_message, auto_ack=auto_ack, arguments=arguments
+        )
 
-    def next_delivery(self, timeout: float) -> Delivery | None:
+    def _pump(self, ready: collections.deque[Any], timeout: float) -> Any:
         deadline = time.monotonic() + timeout
-        while not self.deliveries:
+        while not ready:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             self.connection.native.process_data_events(
                 time_limit=min(remaining, PUMP_SLICE_S)
             )
-        return self.deliveries.popleft()
+        return ready.popleft()
+
+    def next_delivery(self, timeout: float) -> Delivery | None:
+        return self._pump(self.deliveries, timeout)
+
+    def next_cancel(self, timeout: float) -> str | None:
+        return self._pump(self.cancelled, timeout)
 
     def ack(self, delivery: Delivery) -> None:
         self.native.basic_ack(delivery.native)
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        self.native.basic_reject(delivery.native, requeue=requeue)
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        self.native.basic_nack(delivery.native, multiple=multiple, requeue=requeue)
+
+    def tx_select(self) -> None:
+        self.native.tx_select()
+
+    def tx_commit(self) -> None:
+        self.native.tx_commit()
+
+    def tx_rollback(self) -> None:
+        self.native.tx_rollback()
 
     def get(self, queue: str) -> Delivery | None:
         method, properties, body = self.native.basic_get(queue, auto_ack=True)
@@ -243,25 +312,55 @@ class PikaChannel:
             self.native.close()
 
 
+def pika_properties(p: Props) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=p.content_type,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        message_id=p.message_id,
+        type=p.type,
+        app_id=p.app_id,
+        delivery_mode=p.delivery_mode,
+        priority=p.priority,
+        expiration=p.expiration,
+        headers=p.headers or None,
+    )
+
+
+def pika_props(properties: Any) -> Props:
+    return Props(
+        content_type=properties.content_type,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        message_id=properties.message_id,
+        type=properties.type,
+        app_id=properties.app_id,
+        delivery_mode=properties.delivery_mode,
+        priority=properties.priority,
+        expiration=properties.expiration,
+        headers=dict(properties.headers or {}),
+    )
+
+
 def pika_delivery(method: Any, properties: Any, body: bytes) -> Delivery:
     return Delivery(
         body=body,
         exchange=method.exchange,
         routing_key=method.routing_key,
         redelivered=method.redelivered,
-        props=Props(
-            content_type=properties.content_type,
-            correlation_id=properties.correlation_id,
-            reply_to=properties.reply_to,
-            message_id=properties.message_id,
-            type=properties.type,
-            app_id=properties.app_id,
-            delivery_mode=properties.delivery_mode,
-            priority=properties.priority,
-            expiration=properties.expiration,
-            headers=dict(properties.headers or {}),
-        ),
+        props=pika_props(properties),
         native=method.delivery_tag,
+    )
+
+
+def pika_returned(method: Any, properties: Any, body: bytes) -> Returned:
+    return Returned(
+        reply_code=method.reply_code,
+        reply_text=method.reply_text,
+        exchange=method.exchange,
+        routing_key=method.routing_key,
+        body=body,
+        props=pika_props(properties),
     )
 
 
@@ -346,12 +445,22 @@ class AioPikaConnection:
         return not (self.closed.is_set() or self.native.is_closed)
 
     def channel(self) -> AioPikaChannel:
-        async def open_channel() -> Any:
-            channel = self.native.channel(publisher_confirms=self.confirms)
-            await channel.initialize()
+        async def open_channel() -> AioPikaChannel:
+            native = self.native.channel(publisher_confirms=self.confirms)
+            await native.initialize()
+            channel = AioPikaChannel(self, native)
+            # aio-pika's return_callbacks get the message without the reply
+            # code, and it has no hook for the broker's basic.cancel: both
+            # are on its aiormq channel.
+            underlay = await native.get_underlay_channel()
+            underlay.on_return_callbacks.add(channel.on_return)
+            cancel_callbacks = getattr(underlay, "on_consumer_cancel_callbacks", None)
+            if cancel_callbacks is not None:  # absent from older aiormq
+                cancel_callbacks.add(channel.on_cancel)
+                channel.cancelled = asyncio.Queue()
             return channel
 
-        return AioPikaChannel(self, self.run(open_channel()))
+        return self.run(open_channel())
 
     def close(self) -> None:
         try:
@@ -367,6 +476,28 @@ class AioPikaChannel:
         self.native = native
         self.run = connection.run
         self.deliveries: asyncio.Queue[Delivery] | None = None
+        self.cancelled: asyncio.Queue[str] | None = None
+        self.returns: list[Returned] = []
+        self.transaction: Any = None
+
+    def on_return(self, message: Any) -> None:
+        frame = message.delivery
+        self.returns.append(
+            Returned(
+                reply_code=frame.reply_code,
+                reply_text=frame.reply_text,
+                exchange=frame.exchange,
+                routing_key=frame.routing_key,
+                body=message.body,
+                props=_aio_delivery(
+                    aio_pika.IncomingMessage(message, no_ack=True)
+                ).props,
+            )
+        )
+
+    def on_cancel(self, frame: Any) -> None:
+        assert self.cancelled is not None
+        self.cancelled.put_nowait(frame.consumer_tag)
 
     @property
     def is_open(self) -> bool:
@@ -399,18 +530,47 @@ class AioPikaChannel:
         return q.declaration_result.message_count
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self.run(
             self.native.declare_exchange(
-                name, type, durable=durable, auto_delete=auto_delete
+                name,
+                type,
+                durable=durable,
+                auto_delete=auto_delete,
+                arguments=arguments,
             )
         )
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         async def bind() -> None:
             q = await self.native.get_queue(queue, ensure=False)
-            await q.bind(exchange, routing_key)
+            await q.bind(exchange, routing_key, arguments=arguments)
+
+        self.run(bind())
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        async def bind() -> None:
+            dest = await self.native.get_exchange(destination, ensure=False)
+            await dest.bind(source, routing_key, arguments=arguments)
 
         self.run(bind())
 
@@ -421,7 +581,12 @@ class AioPikaChannel:
         self.run(self.native.exchange_delete(name))
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
         p = props or Props()
         message = aio_pika.Message(
@@ -443,14 +608,23 @@ class AioPikaChannel:
                 ex = await self.native.get_exchange(exchange, ensure=False)
             else:
                 ex = self.native.default_exchange
-            await ex.publish(message, routing_key)
+            await ex.publish(message, routing_key, mandatory=mandatory)
 
         self.run(publish())
 
-    def qos(self, prefetch_count: int) -> None:
-        self.run(self.native.set_qos(prefetch_count=prefetch_count))
+    def returned(self) -> list[Returned]:
+        returns, self.returns = self.returns, []
+        return returns
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
+        self.run(self.native.set_qos(prefetch_count=prefetch_count, global_=global_))
+
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
         async def consume() -> str:
             if self.deliveries is None:
                 self.deliveries = asyncio.Queue()
@@ -460,16 +634,27 @@ class AioPikaChannel:
                 deliveries.put_nowait(_aio_delivery(message))
 
             q = await self.native.get_queue(queue, ensure=False)
-            return await q.consume(on_message, no_ack=auto_ack)
+            return await q.consume(on_message, no_ack=auto_ack, arguments=arguments)
 
         return self.run(consume())
 
     def next_delivery(self, timeout: float) -> Delivery | None:
         assert self.deliveries is not None, "consume first"
-        deliveries, closed = self.deliveries, self.connection.closed
+        return self._wait(self.deliveries, timeout)
 
-        async def wait() -> Delivery | None:
-            got = asyncio.ensure_future(deliveries.get())
+    def next_cancel(self, timeout: float) -> str | None:
+        if self.cancelled is None:
+            raise NotExpressible(
+                "this aiormq has no hook for the broker's basic.cancel "
+                "(on_consumer_cancel_callbacks)"
+            )
+        return self._wait(self.cancelled, timeout)
+
+    def _wait(self, ready: asyncio.Queue[Any], timeout: float) -> Any:
+        closed = self.connection.closed
+
+        async def wait() -> Any:
+            got = asyncio.ensure_future(ready.get())
             ended = asyncio.ensure_future(closed.wait())
             done, pending = await asyncio.wait(
                 {got, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -487,6 +672,23 @@ class AioPikaChannel:
 
     def ack(self, delivery: Delivery) -> None:
         self.run(delivery.native.ack())
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        self.run(delivery.native.reject(requeue=requeue))
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        self.run(delivery.native.nack(multiple=multiple, requeue=requeue))
+
+    def tx_select(self) -> None:
+        # aio-pika refuses a transaction on a channel with publisher confirms.
+        self.transaction = self.native.transaction()
+        self.run(self.transaction.select())
+
+    def tx_commit(self) -> None:
+        self.run(self.transaction.commit())
+
+    def tx_rollback(self) -> None:
+        self.run(self.transaction.rollback())
 
     def get(self, queue: str) -> Delivery | None:
         async def get() -> Any:
@@ -535,10 +737,15 @@ def _aio_expiration(message: Any) -> str | None:
 
 class KombuAdapter:
     """kombu on its py-amqp transport, through kombu's Queue, Exchange,
-    Producer and Consumer; channels are py-amqp channels."""
+    Producer and Consumer; channels are py-amqp channels (transactions are
+    theirs: kombu has none of its own)."""
 
     name = "kombu"
-    features = ALL_FEATURES
+    features = ALL_FEATURES - {"nack"}
+    cannot: ClassVar[dict[str, str]] = {
+        "nack": "py-amqp has no basic.nack: kombu's Message.reject and "
+        "Message.requeue send basic.reject",
+    }
     # py-amqp answers a broker's channel.close with close-ok and then reopens
     # the same channel object (Channel._do_revive) before raising.
     reopens_channel_after_error = True
@@ -581,6 +788,8 @@ class KombuConnection:
             },
         )
         self.native.connect()
+        # Consumer tags the broker cancelled (basic.cancel), oldest first.
+        self.cancelled: list[str] = []
 
     @property
     def is_open(self) -> bool:
@@ -594,6 +803,10 @@ class KombuConnection:
             self.native.drain_events(timeout=timeout)
         except TimeoutError:
             pass
+        except amqp.exceptions.ConsumerCancelled as exc:
+            # What py-amqp (and so kombu's Consumer, which registers no
+            # on_cancel) raises for the broker's basic.cancel.
+            self.cancelled.append(exc.reply_text)
 
     def close(self) -> None:
         self.native.release()
@@ -606,6 +819,8 @@ class KombuChannel:
         self.deliveries: collections.deque[Delivery] = collections.deque()
         self.prefetch_count: int | None = None
         self.consumers: list[kombu.Consumer] = []
+        self.tags: set[str] = set()
+        self.returns: list[Returned] = []
 
     @property
     def is_open(self) -> bool:
@@ -638,14 +853,42 @@ class KombuChannel:
         return self._queue(queue).queue_declare(passive=True).message_count
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         kombu.Exchange(
-            name, type, channel=self.native, durable=durable, auto_delete=auto_delete
+            name,
+            type,
+            channel=self.native,
+            durable=durable,
+            auto_delete=auto_delete,
+            arguments=arguments,
         ).declare()
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        self._queue(queue).bind_to(exchange, routing_key)
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self._queue(queue).bind_to(exchange, routing_key, arguments=arguments)
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        kombu.Exchange(destination, channel=self.native).bind_to(
+            source, routing_key, arguments=arguments
+        )
 
     def delete_queue(self, name: str) -> None:
         self._queue(name).delete()
@@ -654,7 +897,12 @@ class KombuChannel:
         kombu.Exchange(name, channel=self.native).delete()
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
         p = props or Props()
         extra = {
@@ -666,10 +914,11 @@ class KombuChannel:
             )
             if value is not None
         }
-        kombu.Producer(self.native).publish(
+        kombu.Producer(self.native, on_return=self._on_return).publish(
             body,
             exchange=exchange,
             routing_key=routing_key,
+            mandatory=mandatory,
             content_type=p.content_type or "application/octet-stream",
             content_encoding="binary",
             headers=p.headers or None,
@@ -682,16 +931,39 @@ class KombuChannel:
             **extra,
         )
 
-    def qos(self, prefetch_count: int) -> None:
-        self.native.basic_qos(0, prefetch_count, False)
+    def _on_return(
+        self, exc: Any, exchange: str, routing_key: str, message: Any
+    ) -> None:
+        self.returns.append(
+            Returned(
+                reply_code=exc.reply_code,
+                reply_text=exc.reply_text,
+                exchange=exchange,
+                routing_key=routing_key,
+                body=message.body,
+                props=_kombu_props(message.properties),
+            )
+        )
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
+    def returned(self) -> list[Returned]:
+        returns, self.returns = self.returns, []
+        return returns
+
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
+        self.native.basic_qos(0, prefetch_count, global_)
+
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
         def on_message(message: Any) -> None:
             self.deliveries.append(_kombu_delivery(message))
 
         consumer = kombu.Consumer(
             self.native,
-            queues=[self._queue(queue)],
+            queues=[self._queue(queue, consumer_arguments=arguments)],
             on_message=on_message,
             no_ack=auto_ack,
             auto_declare=False,
@@ -699,7 +971,9 @@ class KombuChannel:
         consumer.consume()
         self.consumers.append(consumer)
         # kombu keeps the tag it generated per queue name.
-        return consumer._active_tags[queue]
+        tag = consumer._active_tags[queue]
+        self.tags.add(tag)
+        return tag
 
     def next_delivery(self, timeout: float) -> Delivery | None:
         deadline = time.monotonic() + timeout
@@ -710,8 +984,36 @@ class KombuChannel:
             self.connection.drain(min(remaining, PUMP_SLICE_S))
         return self.deliveries.popleft()
 
+    def next_cancel(self, timeout: float) -> str | None:
+        cancelled = self.connection.cancelled
+        deadline = time.monotonic() + timeout
+        while True:
+            for tag in cancelled:
+                if tag in self.tags:
+                    cancelled.remove(tag)
+                    return tag
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.connection.drain(min(remaining, PUMP_SLICE_S))
+
     def ack(self, delivery: Delivery) -> None:
         delivery.native.ack()
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        delivery.native.reject(requeue=requeue)
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        raise NotExpressible(KombuAdapter.cannot["nack"])
+
+    def tx_select(self) -> None:
+        self.native.tx_select()
+
+    def tx_commit(self) -> None:
+        self.native.tx_commit()
+
+    def tx_rollback(self) -> None:
+        self.native.tx_rollback()
 
     def get(self, queue: str) -> Delivery | None:
         message = self._queue(queue).get(no_ack=True)
@@ -722,25 +1024,33 @@ class KombuChannel:
             self.native.close()
 
 
+def _kombu_props(properties: dict[str, Any]) -> Props:
+    """Props from py-amqp's property dict (kombu's Message.properties, less
+    the content type and headers kombu keeps apart)."""
+    return Props(
+        content_type=properties.get("content_type"),
+        correlation_id=properties.get("correlation_id"),
+        reply_to=properties.get("reply_to"),
+        message_id=properties.get("message_id"),
+        type=properties.get("type"),
+        app_id=properties.get("app_id"),
+        delivery_mode=properties.get("delivery_mode"),
+        priority=properties.get("priority"),
+        expiration=properties.get("expiration"),
+        headers=dict(properties.get("application_headers") or {}),
+    )
+
+
 def _kombu_delivery(message: Any) -> Delivery:
-    properties = message.properties
     info = message.delivery_info
+    props = _kombu_props(message.properties)
+    props.content_type = message.content_type
+    props.headers = dict(message.headers or {})
     return Delivery(
         body=message.body,
         exchange=info.get("exchange", ""),
         routing_key=info.get("routing_key", ""),
         redelivered=bool(info.get("redelivered")),
-        props=Props(
-            content_type=message.content_type,
-            correlation_id=properties.get("correlation_id"),
-            reply_to=properties.get("reply_to"),
-            message_id=properties.get("message_id"),
-            type=properties.get("type"),
-            app_id=properties.get("app_id"),
-            delivery_mode=properties.get("delivery_mode"),
-            priority=properties.get("priority"),
-            expiration=properties.get("expiration"),
-            headers=dict(message.headers or {}),
-        ),
+        props=props,
         native=message,
     )

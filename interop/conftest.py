@@ -65,6 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "amqpy_only(reason): an amqpy extension RabbitMQ lacks; against RabbitMQ "
         "the table says amqpy-only instead of running it",
     )
+    config.addinivalue_line(
+        "markers",
+        "amqpy_bug(reason, clients=None): a known amqpy bug (reported; the case "
+        "asserts RabbitMQ's behaviour), through these clients (default all): a "
+        "strict expected failure on amqpy, so the case fails once the bug is "
+        "fixed and the marker must go",
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -251,11 +258,25 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         server.close()
 
 
+AMQPY_BUG = "known amqpy bug: "
+
+
 @pytest.fixture(autouse=True)
-def _amqpy_only(request: pytest.FixtureRequest) -> None:
+def _broker_markers(request: pytest.FixtureRequest) -> None:
+    """amqpy_only cases skip on RabbitMQ; amqpy_bug cases are strict expected
+    failures on amqpy."""
     marker = request.node.get_closest_marker("amqpy_only")
     if marker is not None and request.getfixturevalue("broker").product == "RabbitMQ":
         pytest.skip(f"amqpy-only: {marker.args[0]}")
+    bug = request.node.get_closest_marker("amqpy_bug")
+    if bug is not None and request.getfixturevalue("broker").product != "RabbitMQ":
+        clients = bug.kwargs.get("clients")
+        callspec = getattr(request.node, "callspec", None)
+        who = callspec.params.get("client") if callspec is not None else None
+        if clients is None or who in clients:
+            request.applymarker(
+                pytest.mark.xfail(reason=f"{AMQPY_BUG}{bug.args[0]}", strict=True)
+            )
 
 
 @pytest.fixture(scope="session")
@@ -395,7 +416,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     outcome = None
     if report.skipped and hasattr(report, "wasxfail"):
-        outcome = f"known client limitation: {report.wasxfail}"
+        reason = report.wasxfail
+        known = reason.startswith(AMQPY_BUG)
+        outcome = reason if known else f"known client limitation: {reason}"
     elif report.skipped:
         reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
         reason = reason.removeprefix("Skipped: ")

@@ -27,6 +27,13 @@ def expect(channel: Any, timeout: float = WAIT_S) -> Delivery:
     return delivery
 
 
+def death_of(delivery: Delivery) -> dict[str, Any]:
+    """The first entry of a dead-lettered message's x-death header."""
+    deaths = delivery.props.headers.get("x-death")
+    assert isinstance(deaths, list) and deaths, delivery.props.headers
+    return deaths[0]
+
+
 def poll_get(channel: Any, queue: str, timeout: float = WAIT_S) -> Delivery | None:
     """basic.get until a message comes or the deadline passes."""
     deadline = time.monotonic() + timeout

@@ -120,7 +120,13 @@ def _cell(text: str) -> str:
 
 
 def _kind(outcome: str) -> str:
-    for prefix in ("n/a", "amqpy-only", "known client limitation", "skipped"):
+    for prefix in (
+        "n/a",
+        "amqpy-only",
+        "known client limitation",
+        "known amqpy bug",
+        "skipped",
+    ):
         if outcome.startswith(prefix):
             return prefix
     return outcome
@@ -166,6 +172,8 @@ def render(amqpy: Results, rabbit: Results, rabbit_version: str) -> str:
         "`n/a`: the client cannot express the case (the reason says which step).",
         "`known client limitation`: the client runs the case and behaves as",
         "described, on both brokers (a strict expected failure).",
+        "`known amqpy bug`: amqpy does not yet behave as RabbitMQ does here",
+        "(a strict expected failure on amqpy until it is fixed).",
         "amqpy-only cases (extensions RabbitMQ lacks): "
         + (", ".join(amqpy_only) if amqpy_only else "none; amqpy adds no extension")
         + ".",

@@ -19,8 +19,20 @@ import pika
 import pika.exceptions
 import pika.spec
 
-from interop.base import ALL_FEATURES, OP_TIMEOUT_S, Delivery, Props, PublishNacked
-from interop.clients import pika_delivery, pika_reply_code
+from interop.base import (
+    ALL_FEATURES,
+    OP_TIMEOUT_S,
+    Delivery,
+    Props,
+    PublishNacked,
+    Returned,
+)
+from interop.clients import (
+    pika_delivery,
+    pika_properties,
+    pika_reply_code,
+    pika_returned,
+)
 
 
 class PikaAsyncAdapter:
@@ -149,10 +161,20 @@ class PikaAsyncChannel:
         self.unconfirmed: dict[int, Future[None]] = {}
         # What the application's on-close callback was given.
         self.closed_reason: BaseException | None = None
+        self.returns: list[Returned] = []
+        self.cancelled: queue.Queue[str] = queue.Queue()
 
         def open_channel(future: Future[Any]) -> None:
             def on_open(channel: Any) -> None:
                 channel.add_on_close_callback(self._on_close)
+                channel.add_on_return_callback(
+                    lambda _ch, method, properties, body: self.returns.append(
+                        pika_returned(method, properties, body)
+                    )
+                )
+                channel.add_on_cancel_callback(
+                    lambda frame: self.cancelled.put(frame.method.consumer_tag)
+                )
                 channel.add_callback(
                     self._on_get_empty, [pika.spec.Basic.GetEmpty], one_shot=False
                 )
@@ -247,7 +269,13 @@ class PikaAsyncChannel:
         )
 
     def declare_exchange(
-        self, name: str, type: str, *, durable: bool = False, auto_delete: bool = False
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self._rpc(
             lambda f: self.native.exchange_declare(
@@ -255,14 +283,42 @@ class PikaAsyncChannel:
                 type,
                 durable=durable,
                 auto_delete=auto_delete,
+                arguments=arguments,
                 callback=lambda _frame: f.set_result(None),
             )
         )
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str = "") -> None:
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         self._rpc(
             lambda f: self.native.queue_bind(
-                queue, exchange, routing_key, callback=lambda _frame: f.set_result(None)
+                queue,
+                exchange,
+                routing_key,
+                arguments=arguments,
+                callback=lambda _frame: f.set_result(None),
+            )
+        )
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self._rpc(
+            lambda f: self.native.exchange_bind(
+                destination,
+                source,
+                routing_key,
+                arguments=arguments,
+                callback=lambda _frame: f.set_result(None),
             )
         )
 
@@ -281,24 +337,19 @@ class PikaAsyncChannel:
         )
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, props: Props | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        props: Props | None = None,
+        mandatory: bool = False,
     ) -> None:
-        p = props or Props()
-        properties = pika.BasicProperties(
-            content_type=p.content_type,
-            correlation_id=p.correlation_id,
-            reply_to=p.reply_to,
-            message_id=p.message_id,
-            type=p.type,
-            app_id=p.app_id,
-            delivery_mode=p.delivery_mode,
-            priority=p.priority,
-            expiration=p.expiration,
-            headers=p.headers or None,
-        )
+        properties = pika_properties(props or Props())
 
         def start(future: Future[None]) -> None:
-            self.native.basic_publish(exchange, routing_key, body, properties)
+            self.native.basic_publish(
+                exchange, routing_key, body, properties, mandatory=mandatory
+            )
             if self.connection.confirms:
                 # Confirms number the channel's publishes from 1.
                 self.published += 1
@@ -308,15 +359,27 @@ class PikaAsyncChannel:
 
         self._rpc(start)
 
-    def qos(self, prefetch_count: int) -> None:
+    def returned(self) -> list[Returned]:
+        # Filled on the IOLoop thread; a confirmed publish's return came
+        # before its ack, so it is here once publish() returned.
+        returns, self.returns = self.returns, []
+        return returns
+
+    def qos(self, prefetch_count: int, global_: bool = False) -> None:
         self._rpc(
             lambda f: self.native.basic_qos(
                 prefetch_count=prefetch_count,
+                global_qos=global_,
                 callback=lambda _frame: f.set_result(None),
             )
         )
 
-    def consume(self, queue: str, auto_ack: bool = False) -> str:
+    def consume(
+        self,
+        queue: str,
+        auto_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> str:
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
             self.deliveries.put(pika_delivery(method, properties, body))
 
@@ -325,9 +388,16 @@ class PikaAsyncChannel:
                 queue,
                 on_message,
                 auto_ack=auto_ack,
+                arguments=arguments,
                 callback=lambda frame: f.set_result(frame.method.consumer_tag),
             )
         )
+
+    def next_cancel(self, timeout: float) -> str | None:
+        try:
+            return self.cancelled.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def next_delivery(self, timeout: float) -> Delivery | None:
         try:
@@ -345,6 +415,37 @@ class PikaAsyncChannel:
             future.set_result(None)
 
         self._rpc(start)
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        def start(future: Future[None]) -> None:
+            self.native.basic_reject(delivery.native, requeue=requeue)
+            future.set_result(None)
+
+        self._rpc(start)
+
+    def nack(self, delivery: Delivery, requeue: bool, multiple: bool = False) -> None:
+        def start(future: Future[None]) -> None:
+            self.native.basic_nack(delivery.native, multiple=multiple, requeue=requeue)
+            future.set_result(None)
+
+        self._rpc(start)
+
+    def tx_select(self) -> None:
+        self._rpc(
+            lambda f: self.native.tx_select(callback=lambda _frame: f.set_result(None))
+        )
+
+    def tx_commit(self) -> None:
+        self._rpc(
+            lambda f: self.native.tx_commit(callback=lambda _frame: f.set_result(None))
+        )
+
+    def tx_rollback(self) -> None:
+        self._rpc(
+            lambda f: self.native.tx_rollback(
+                callback=lambda _frame: f.set_result(None)
+            )
+        )
 
     def get(self, queue: str) -> Delivery | None:
         def start(future: Future[Delivery | None]) -> None:

@@ -11,19 +11,13 @@ import pytest
 
 from interop.base import Props, require
 from interop.clients import PikaAdapter
-from interop.helpers import expect, poll_get
+from interop.helpers import death_of, expect, poll_get
 
 pytestmark = pytest.mark.timeout(60)
 
 # A restart of RabbitMQ (run_rabbitmq.sh restart) takes ~20 s, and minutes on
 # a loaded machine; the command bounds itself (RESTART_TIMEOUT_S in conftest).
 restarts = pytest.mark.timeout(400)
-
-
-def _death(delivery) -> dict:
-    deaths = delivery.props.headers.get("x-death")
-    assert isinstance(deaths, list) and deaths, delivery.props.headers
-    return deaths[0]
 
 
 def test_ttl_dead_letter(client, broker_url, names) -> None:
@@ -57,17 +51,17 @@ def test_ttl_dead_letter(client, broker_url, names) -> None:
         first = got[b"queue-ttl"]
         assert (first.exchange, first.routing_key) == (dlx, queue_ttl)
         assert first.props.headers.get("x-n") == 1
-        death = _death(first)
-        assert (death["reason"], death["queue"], death["count"]) == (
+        dead = death_of(first)
+        assert (dead["reason"], dead["queue"], dead["count"]) == (
             "expired",
             queue_ttl,
             1,
         )
         second = got[b"message-ttl"]
-        death = _death(second)
-        assert (death["reason"], death["queue"]) == ("expired", message_ttl)
+        dead = death_of(second)
+        assert (dead["reason"], dead["queue"]) == ("expired", message_ttl)
         # The per-message TTL moves to x-death's original-expiration.
-        assert death.get("original-expiration") == "20"
+        assert dead.get("original-expiration") == "20"
         assert second.props.expiration is None
         assert channel.message_count(queue_ttl) == 0
         assert channel.message_count(message_ttl) == 0
@@ -100,7 +94,7 @@ def test_max_length_drop_head(client, broker_url, names) -> None:
         assert channel.get(queue) is None
         heads = [poll_get(channel, dropped) for _ in range(2)]
         assert [d.body for d in heads if d] == [b"m0", b"m1"]
-        assert _death(heads[0])["reason"] == "maxlen"
+        assert death_of(heads[0])["reason"] == "maxlen"
     finally:
         connection.close()
 

@@ -4,7 +4,9 @@
 //
 // stdin:  {"id": N, "op": "connect" | "channel" | ..., ...arguments}
 // stdout: {"id": N, "result": ...} or {"id": N, "error": {...}} per request,
-//         and events without an id: delivery, channel_closed, connection_closed.
+//         and events without an id: delivery, returned (basic.return),
+//         cancelled (the broker's basic.cancel), channel_closed,
+//         connection_closed.
 // Bodies travel as base64. The process exits when stdin closes.
 
 const amqp = require('amqplib');
@@ -33,6 +35,16 @@ function describe(error) {
     code: typeof error.code === 'number' ? error.code : null,
     message: String(error.message),
   };
+}
+
+// The unacked message with this tag, forgotten (with every older one when
+// multiple) as the broker forgets it.
+function settled(found, tag, multiple) {
+  const msg = found.unacked.get(tag);
+  for (const other of [...found.unacked.keys()]) {
+    if (other === tag || (multiple && other < tag)) found.unacked.delete(other);
+  }
+  return msg;
 }
 
 function entry(id) {
@@ -64,11 +76,13 @@ function message(id, msg) {
   const p = msg.properties;
   return {
     channel: id,
-    tag: msg.fields.deliveryTag,
+    tag: msg.fields.deliveryTag ?? null,
     body: msg.content.toString('base64'),
     exchange: msg.fields.exchange,
     routing_key: msg.fields.routingKey,
     redelivered: Boolean(msg.fields.redelivered),
+    reply_code: msg.fields.replyCode ?? null,
+    reply_text: msg.fields.replyText ?? null,
     props: {
       content_type: p.contentType ?? null,
       correlation_id: p.correlationId ?? null,
@@ -108,6 +122,7 @@ const ops = {
       send({ event: 'channel_closed', channel: id, error: describe(error) });
     });
     channel.on('close', () => send({ event: 'channel_closed', channel: id, error: null }));
+    channel.on('return', (msg) => send({ event: 'returned', ...message(id, msg) }));
     return id;
   },
   async declare_queue(args) {
@@ -126,11 +141,26 @@ const ops = {
     await entry(args.channel).channel.assertExchange(args.name, args.type, {
       durable: args.durable,
       autoDelete: args.auto_delete,
+      arguments: args.arguments || undefined,
     });
     return null;
   },
   async bind_queue(args) {
-    await entry(args.channel).channel.bindQueue(args.queue, args.exchange, args.routing_key);
+    await entry(args.channel).channel.bindQueue(
+      args.queue,
+      args.exchange,
+      args.routing_key,
+      args.arguments || undefined,
+    );
+    return null;
+  },
+  async bind_exchange(args) {
+    await entry(args.channel).channel.bindExchange(
+      args.destination,
+      args.source,
+      args.routing_key,
+      args.arguments || undefined,
+    );
     return null;
   },
   async delete_queue(args) {
@@ -145,6 +175,7 @@ const ops = {
     const channel = entry(args.channel).channel;
     const body = Buffer.from(args.body, 'base64');
     const options = properties(args.props);
+    if (args.mandatory) options.mandatory = true;
     if (!confirms) {
       channel.publish(args.exchange, args.routing_key, body, options);
       return null;
@@ -157,27 +188,41 @@ const ops = {
     return null;
   },
   async qos(args) {
-    await entry(args.channel).channel.prefetch(args.prefetch_count);
+    await entry(args.channel).channel.prefetch(args.prefetch_count, Boolean(args.global));
     return null;
   },
   async consume(args) {
     const found = entry(args.channel);
+    let tag = null;
     const ok = await found.channel.consume(
       args.queue,
       (msg) => {
-        if (msg === null) return; // cancelled by the broker
+        if (msg === null) {
+          // amqplib calls the consumer with null for the broker's basic.cancel.
+          send({ event: 'cancelled', channel: args.channel, tag });
+          return;
+        }
         if (!args.auto_ack) found.unacked.set(msg.fields.deliveryTag, msg);
         send({ event: 'delivery', ...message(args.channel, msg) });
       },
-      { noAck: args.auto_ack },
+      { noAck: args.auto_ack, arguments: args.arguments || undefined },
     );
+    tag = ok.consumerTag;
     return ok.consumerTag;
   },
   async ack(args) {
     const found = entry(args.channel);
-    const msg = found.unacked.get(args.tag);
-    found.unacked.delete(args.tag);
-    found.channel.ack(msg);
+    found.channel.ack(settled(found, args.tag, false));
+    return null;
+  },
+  async reject(args) {
+    const found = entry(args.channel);
+    found.channel.reject(settled(found, args.tag, false), args.requeue);
+    return null;
+  },
+  async nack(args) {
+    const found = entry(args.channel);
+    found.channel.nack(settled(found, args.tag, args.multiple), args.multiple, args.requeue);
     return null;
   },
   async get(args) {
