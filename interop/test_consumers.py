@@ -200,12 +200,6 @@ def test_direct_reply_to_rpc(client, broker_url, names, raised) -> None:
         server_conn.close()
 
 
-@pytest.mark.amqpy_bug(
-    "when the active consumer's channel closes without basic.cancel first (as "
-    "aio-pika, py-amqp and amqplib close it), the next consumer does not take "
-    "over: the requeued messages wait for the next publish",
-    clients=("aio-pika", "kombu", "amqplib"),
-)
 def test_single_active_consumer(client, broker_url, names) -> None:
     """x-single-active-consumer: only the first consumer gets messages; when
     its channel closes, its unacked messages and the rest go to the next."""

@@ -459,6 +459,11 @@ class Queue:
         self._consumer_priorities = any(other.priority for other in self.consumers)
         if not self.consumers:
             self.touch()
+        elif self.messages and not self.deleted:
+            # Those left may take what the removed one could not (a single
+            # active consumer's successor, a closing channel's requeued
+            # messages), as RabbitMQ hands them over at once.
+            self.dispatch()
         if (
             self.auto_delete
             and not self.consumers

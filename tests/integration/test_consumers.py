@@ -1039,3 +1039,31 @@ def test_unknown_consume_arguments_are_accepted(channel: Any) -> None:
     channel.queue_declare("q9")
     channel.basic_consume("q9", Received(), arguments={"x-foo": "bar"})
     assert channel.is_open
+
+
+def test_single_active_consumer_hands_over_when_the_active_channel_closes(
+    broker: EmbeddedBroker,
+) -> None:
+    """aio-pika closes a channel with channel.close alone (no basic.cancel
+    first): the active consumer's requeued message goes to the next consumer
+    at once, as RabbitMQ does (found by the interop suite)."""
+
+    async def main() -> tuple[bytes, bool]:
+        connection = await aio_pika.connect(broker.url)
+        async with connection:
+            setup = await connection.channel()
+            await setup.declare_queue(
+                "sac", arguments={"x-single-active-consumer": True}
+            )
+            active, waiting = await connection.channel(), await connection.channel()
+            got_active: asyncio.Queue[Any] = asyncio.Queue()
+            got_waiting: asyncio.Queue[Any] = asyncio.Queue()
+            await (await active.get_queue("sac")).consume(got_active.put)
+            await (await waiting.get_queue("sac")).consume(got_waiting.put)
+            await setup.default_exchange.publish(aio_pika.Message(b"m0"), "sac")
+            await asyncio.wait_for(got_active.get(), 5)
+            await active.close()  # the message was unacked: requeued
+            message = await asyncio.wait_for(got_waiting.get(), 5)
+            return message.body, message.redelivered
+
+    assert asyncio.run(main()) == (b"m0", True)
