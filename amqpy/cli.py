@@ -12,6 +12,7 @@ from typing import Any
 from amqpy import __version__
 from amqpy.config import Config, ConfigError
 from amqpy.management import commands as management_commands
+from amqpy.perf import add_parser as add_perf_parser
 
 LOGGER = logging.getLogger("amqpy")
 
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--data-dir", help="the broker's data folder")
         management_commands.add_definitions_api(parser_, verb)
     management_commands.add_parsers(commands)
+    add_perf_parser(commands)
     return parser
 
 
@@ -154,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command == "definitions" and (args.data_dir or args.config)
     ):
         return _run_local(args)
+    if args.command == "perf":
+        from amqpy.perf import main as perf_main
+
+        return perf_main(args)
     # Every other command talks to the management API (and starts quickly:
     # the broker's modules are not imported for it).
     return management_commands.run(args)
