@@ -9,7 +9,9 @@
 #                                              # ports and data
 #   interop/run_rabbitmq.sh stop STATE_DIR
 #
-# Runs the broker as the `rabbitmq` user (as root it switches with su).
+# Installs Debian's rabbitmq-server first if it is missing (apt-get; its
+# system service is not started). Runs the broker as the `rabbitmq` user (as
+# root it switches with su).
 set -euo pipefail
 
 START_TIMEOUT_S=${RABBITMQ_START_TIMEOUT_S:-90}
@@ -115,8 +117,26 @@ stop_broker() {
     done
 }
 
+install_if_missing() {
+    # Debian's package, installed without starting its system service (which
+    # would take port 5672): policy-rc.d answers "not now" during the install.
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] && return
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    echo "installing Debian's rabbitmq-server" >&2
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        created=1
+    fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >&2
+    if [[ -n $created ]]; then $sudo rm -f "$policy"; fi
+}
+
 case $action in
-start) start_broker ;;
+start) install_if_missing; start_broker ;;
 restart) stop_broker && start_broker >/dev/null ;;
 stop) stop_broker ;;
 *) usage ;;
