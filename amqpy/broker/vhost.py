@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import attrs
+
 from amqpy.broker.access import (
     CONFIGURE,
     READ,
@@ -26,6 +28,7 @@ from amqpy.broker.dead_letter import dead_lettered_message, is_cycle
 from amqpy.broker.errors import (
     AccessRefusedError,
     CommandInvalidError,
+    InternalError,
     NotFoundError,
     PreconditionFailedError,
     ResourceLockedError,
@@ -35,6 +38,7 @@ from amqpy.broker.exchange import (
     DefaultExchange,
     DelayedMessageExchange,
     Exchange,
+    message_delay_ms,
 )
 from amqpy.broker.policy import (
     Policy,
@@ -49,6 +53,7 @@ from amqpy.model.message import (
     REPLY_TO_PREFIX,
     Message,
     decode_properties,
+    expiration_error_text,
     header_routes,
     with_routing_key,
 )
@@ -92,6 +97,16 @@ def _reserved(name: str) -> bool:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+@attrs.frozen
+class Held:
+    """A publish a delayed exchange is to hold (the caller holds it when it
+    delivers, so a transaction's rollback drops it)."""
+
+    exchange: DelayedMessageExchange
+    delay_ms: int
+    extra_keys: list[str] | None
 
 
 class VHost:
@@ -785,6 +800,46 @@ class VHost:
 
     # -- publishing ------------------------------------------------------------
 
+    def resolve_publish(
+        self, exchange: Exchange, message: Message
+    ) -> tuple[Message, list[Queue] | Held]:
+        """What a publish of `message` to `exchange` does, before anything is
+        enqueued: the message as it will be stored (BCC removed) and the
+        queues it routes to (CC/BCC keys included), or Held when a delayed
+        exchange is to hold it.
+
+        Raises:
+            PreconditionFailedError: an invalid expiration or CC/BCC header,
+                or headers a headers exchange cannot read (406).
+            InternalError: properties that cannot be decoded at all (541, as
+                RabbitMQ closes the connection).
+        """
+        try:
+            message.expiration_ms  # noqa: B018 - reading it validates it
+        except ValueError as error:
+            try:
+                expiration = message.properties.expiration or ""
+            except ValueError:
+                raise InternalError(str(error)) from error
+            raise PreconditionFailedError(
+                expiration_error_text(expiration, str(error))
+            ) from error
+        extra_keys = None
+        properties_raw = message.properties_raw
+        if properties_raw and properties_raw[0] & 0x20:  # headers flag (0x2000)
+            message, extra_keys = sender_selected(message)
+            if isinstance(exchange, DelayedMessageExchange):
+                try:
+                    delay_ms = message_delay_ms(message)
+                except ValueError as error:  # unreadable properties, as above
+                    raise InternalError(str(error)) from error
+                if delay_ms:
+                    return message, Held(exchange, delay_ms, extra_keys)
+        try:
+            return message, self.route(exchange, message, extra_keys)
+        except ValueError as error:  # properties a headers exchange could not read
+            raise PreconditionFailedError(str(error)) from error
+
     def publish_target(self, exchange_name: str) -> Exchange:
         """The exchange a basic.publish names, checked for publishing."""
         exchange = self.exchanges.get(exchange_name)
@@ -873,6 +928,32 @@ class VHost:
                     visited.add(destination)
                     pending.append(destination)
         return list(queues)
+
+
+def sender_selected(message: Message) -> tuple[Message, list[str] | None]:
+    """The CC/BCC routing keys, and the message without its BCC header."""
+    try:
+        headers = message.headers
+    except ValueError:
+        return message, None  # the routing step reports it
+    if not headers or ("CC" not in headers and "BCC" not in headers):
+        return message, None
+    try:
+        extra_keys = header_routes(headers)
+    except ValueError as error:
+        raise PreconditionFailedError(f"invalid message: {error}") from error
+    if "BCC" in headers:
+        properties = decode_properties(message.properties_raw)
+        properties.headers = {
+            key: value for key, value in headers.items() if key != "BCC"
+        }
+        message = Message(
+            message.exchange,
+            message.routing_key,
+            properties.marshal(),
+            message.body,
+        )
+    return message, extra_keys
 
 
 def _text_argument(value: object) -> str | None:

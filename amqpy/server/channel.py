@@ -17,20 +17,18 @@ from amqpy.broker.access import READ, TOPIC, WRITE
 from amqpy.broker.channel import Channel, Unacked, generate_name
 from amqpy.broker.errors import (
     FeatureNotImplementedError,
-    InternalError,
     NotAllowedError,
     NotFoundError,
     PreconditionFailedError,
 )
-from amqpy.broker.exchange import DelayedMessageExchange, Exchange, message_delay_ms
+from amqpy.broker.exchange import Exchange
 from amqpy.broker.queue import Queue
+from amqpy.broker.vhost import Held
 from amqpy.model.message import (
     REPLY_TO_PREFIX,
     REPLY_TO_QUEUE,
     Message,
     decode_properties,
-    expiration_error_text,
-    header_routes,
 )
 from amqpy.protocol import frames
 from amqpy.protocol.events import ContentReceived
@@ -50,16 +48,6 @@ def _text(value: object) -> str:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
-
-
-@attrs.frozen
-class Held:
-    """A publish a delayed exchange will hold (done when it is delivered, so
-    a transaction's rollback drops it)."""
-
-    exchange: DelayedMessageExchange
-    delay_ms: int
-    extra_keys: list[str] | None
 
 
 @attrs.frozen
@@ -635,32 +623,7 @@ class ChannelHandler:
         message = Message(
             content.exchange, content.routing_key, properties_raw, content.body
         )
-        try:
-            message.expiration_ms  # noqa: B018 - reading it validates it
-        except ValueError as error:
-            try:
-                expiration = message.properties.expiration or ""
-            except ValueError:
-                # Properties that cannot be decoded at all: RabbitMQ closes
-                # the connection with 541 (found by bench/fuzz_socket.py).
-                raise InternalError(str(error)) from error
-            raise PreconditionFailedError(
-                expiration_error_text(expiration, str(error))
-            ) from error
-        extra_keys = None
-        if properties_raw and properties_raw[0] & 0x20:  # headers flag (0x2000)
-            message, extra_keys = self._sender_selected(message)
-            if isinstance(exchange, DelayedMessageExchange):
-                try:
-                    delay_ms = message_delay_ms(message)
-                except ValueError as error:  # unreadable properties, as above
-                    raise InternalError(str(error)) from error
-                if delay_ms:
-                    return message, Held(exchange, delay_ms, extra_keys)
-        try:
-            return message, self.vhost.route(exchange, message, extra_keys)
-        except ValueError as error:  # properties a headers exchange could not read
-            raise PreconditionFailedError(str(error)) from error
+        return self.vhost.resolve_publish(exchange, message)
 
     def _fast_reply_to(self, properties_raw: bytes) -> bytes:
         """reply_to=amq.rabbitmq.reply-to becomes this channel's reply-to
@@ -675,32 +638,6 @@ class ChannelHandler:
             raise PreconditionFailedError("fast reply consumer does not exist")
         properties.reply_to = REPLY_TO_PREFIX + self.reply_consumer[1]
         return properties.marshal()
-
-    @staticmethod
-    def _sender_selected(message: Message) -> tuple[Message, list[str] | None]:
-        """The CC/BCC routing keys, and the message without its BCC header."""
-        try:
-            headers = message.headers
-        except ValueError:
-            return message, None  # the routing step reports it
-        if not headers or ("CC" not in headers and "BCC" not in headers):
-            return message, None
-        try:
-            extra_keys = header_routes(headers)
-        except ValueError as error:
-            raise PreconditionFailedError(f"invalid message: {error}") from error
-        if "BCC" in headers:
-            properties = decode_properties(message.properties_raw)
-            properties.headers = {
-                key: value for key, value in headers.items() if key != "BCC"
-            }
-            message = Message(
-                message.exchange,
-                message.routing_key,
-                properties.marshal(),
-                message.body,
-            )
-        return message, extra_keys
 
     def _deliver(
         self, message: Message, queues: list[Queue] | Held, content: ContentReceived

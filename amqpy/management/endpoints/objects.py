@@ -45,12 +45,11 @@ from amqpy.broker.errors import (
     AmqpError,
     NotAllowedError,
     NotFoundError,
-    PreconditionFailedError,
 )
-from amqpy.broker.exchange import DelayedMessageExchange, Exchange, message_delay_ms
+from amqpy.broker.exchange import Exchange
 from amqpy.broker.policy import effective_policy
 from amqpy.broker.queue import Consumer, Queue, QueueEntry
-from amqpy.broker.vhost import PREDECLARED_EXCHANGES, VHost
+from amqpy.broker.vhost import PREDECLARED_EXCHANGES, Held, VHost
 from amqpy.management.app import (
     ApiError,
     Context,
@@ -61,7 +60,7 @@ from amqpy.management.app import (
     not_found,
 )
 from amqpy.management.endpoints.metrics import queue_message_stats
-from amqpy.model.message import Message, expiration_error_text
+from amqpy.model.message import Message
 from amqpy.reply_code import ReplyCode
 from amqpy.server.channel import ChannelHandler, TxAck, TxPublish
 from amqpy.server.connection import ConnectionHandler
@@ -1261,27 +1260,10 @@ def _route(vhost: VHost, exchange: Exchange, message: Message) -> tuple[bool, bo
     """Route and enqueue a message as a channel's publish does (CC/BCC keys,
     delayed exchanges, alternate exchanges, persistence into durable
     queues by queue.enqueue). Returns (routed, accepted by every queue)."""
-    try:
-        message.expiration_ms  # noqa: B018 - reading it validates it
-    except ValueError as error:
-        raise PreconditionFailedError(
-            expiration_error_text(message.properties.expiration or "", str(error))
-        ) from error
-    # The headers flag (0x2000): CC/BCC routing keys.
-    message, extra_keys = (
-        ChannelHandler._sender_selected(message)
-        if message.properties_raw[:1] and message.properties_raw[0] & 0x20
-        else (message, None)
-    )
-    if isinstance(exchange, DelayedMessageExchange):
-        delay_ms = message_delay_ms(message)
-        if delay_ms:
-            vhost.hold(exchange, message, delay_ms, extra_keys)
-            return True, True  # held, never returned (as the plugin)
-    try:
-        queues = vhost.route(exchange, message, extra_keys)
-    except ValueError as error:  # properties a headers exchange cannot read
-        raise PreconditionFailedError(str(error)) from error
+    message, queues = vhost.resolve_publish(exchange, message)
+    if isinstance(queues, Held):
+        vhost.hold(queues.exchange, message, queues.delay_ms, queues.extra_keys)
+        return True, True  # held, never returned (as the plugin)
     accepted = True
     for queue in queues:
         queue.stat_publish += 1  # counted as a channel's publish counts it
