@@ -22,7 +22,7 @@ import itertools
 import json
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -251,6 +251,19 @@ def _exchange_param(context: Context, key: str) -> str:
 
 def _node(context: Context) -> str:
     return str(context.server.config.server.cluster_name)
+
+
+async def _apply_durably(
+    context: Context, change: Callable[..., object], *args: Any, **kwargs: Any
+) -> None:
+    """Make a change with the broker's own call (its refusals answered as the
+    API answers them), and answer once the definitions file holds it."""
+    generation = context.server.definitions_generation
+    try:
+        change(*args, **kwargs)
+    except AmqpError as error:
+        raise _direct_failure(error) from error
+    await _durable_changes_saved(context, generation)
 
 
 async def _durable_changes_saved(context: Context, generation_before: int) -> None:
@@ -979,21 +992,18 @@ async def put_queue(context: Context) -> Response:
     auto_delete = _flag(body, "auto_delete")
     arguments = _arguments(body)
     existed = name in vhost.queues
-    generation = context.server.definitions_generation
-    try:
-        # No connection owns it: an API queue is never exclusive (RabbitMQ
-        # ignores "exclusive" here too).
-        vhost.declare_queue(
-            name,
-            owner=None,
-            durable=durable,
-            auto_delete=auto_delete,
-            arguments=arguments,
-            authorize=_authorizer(context, vhost),
-        )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    # No connection owns it: an API queue is never exclusive (RabbitMQ
+    # ignores "exclusive" here too).
+    await _apply_durably(
+        context,
+        vhost.declare_queue,
+        name,
+        owner=None,
+        durable=durable,
+        auto_delete=auto_delete,
+        arguments=arguments,
+        authorize=_authorizer(context, vhost),
+    )
     return no_content() if existed else created()
 
 
@@ -1001,18 +1011,15 @@ async def delete_queue(context: Context) -> Response:
     vhost = _path_vhost(context)
     queue = _find_queue(vhost, context.param("name"))
     query = context.request.query_params
-    generation = context.server.definitions_generation
-    try:
-        vhost.delete_queue(
-            queue.name,
-            owner=None,
-            if_unused=query.get("if-unused") == "true",
-            if_empty=query.get("if-empty") == "true",
-            authorize=_authorizer(context, vhost),
-        )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    await _apply_durably(
+        context,
+        vhost.delete_queue,
+        queue.name,
+        owner=None,
+        if_unused=query.get("if-unused") == "true",
+        if_empty=query.get("if-empty") == "true",
+        authorize=_authorizer(context, vhost),
+    )
     return no_content()
 
 
@@ -1193,36 +1200,30 @@ async def put_exchange(context: Context) -> Response:
     internal = _flag(body, "internal")
     arguments = _arguments(body)
     existed = name in vhost.exchanges
-    generation = context.server.definitions_generation
-    try:
-        vhost.declare_exchange(
-            name,
-            type_name if isinstance(type_name, str) else json.dumps(type_name),
-            durable=durable,
-            auto_delete=auto_delete,
-            internal=internal,
-            arguments=arguments,
-            authorize=_authorizer(context, vhost),
-        )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    await _apply_durably(
+        context,
+        vhost.declare_exchange,
+        name,
+        type_name if isinstance(type_name, str) else json.dumps(type_name),
+        durable=durable,
+        auto_delete=auto_delete,
+        internal=internal,
+        arguments=arguments,
+        authorize=_authorizer(context, vhost),
+    )
     return no_content() if existed else created()
 
 
 async def delete_exchange(context: Context) -> Response:
     vhost = _path_vhost(context)
     exchange = _find_exchange(vhost, _exchange_param(context, "name"))
-    generation = context.server.definitions_generation
-    try:
-        vhost.delete_exchange(
-            exchange.name,
-            if_unused=context.request.query_params.get("if-unused") == "true",
-            authorize=_authorizer(context, vhost),
-        )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    await _apply_durably(
+        context,
+        vhost.delete_exchange,
+        exchange.name,
+        if_unused=context.request.query_params.get("if-unused") == "true",
+        authorize=_authorizer(context, vhost),
+    )
     return no_content()
 
 
@@ -1434,24 +1435,27 @@ async def create_binding(context: Context) -> Response:
     source = _exchange_param(context, "source")
     destination = _destination_param(context, destination_type)
     authorize = _authorizer(context, vhost)
-    generation = context.server.definitions_generation
-    try:
-        if destination_type == "queue":
-            vhost.bind_queue(
-                destination,
-                source,
-                routing_key,
-                arguments,
-                owner=None,
-                authorize=authorize,
-            )
-        else:
-            vhost.bind_exchange(
-                destination, source, routing_key, arguments, authorize=authorize
-            )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    if destination_type == "queue":
+        await _apply_durably(
+            context,
+            vhost.bind_queue,
+            destination,
+            source,
+            routing_key,
+            arguments,
+            owner=None,
+            authorize=authorize,
+        )
+    else:
+        await _apply_durably(
+            context,
+            vhost.bind_exchange,
+            destination,
+            source,
+            routing_key,
+            arguments,
+            authorize=authorize,
+        )
     # Relative to the request's path, as RabbitMQ's Location.
     location = (
         _quote_plus(context.param("destination"))
@@ -1518,28 +1522,20 @@ async def get_binding(context: Context) -> Any:
 async def delete_binding(context: Context) -> Response:
     vhost, document, arguments = _find_binding(context)
     authorize = _authorizer(context, vhost)
-    generation = context.server.definitions_generation
-    try:
-        if document["destination_type"] == "queue":
-            vhost.unbind_queue(
-                document["destination"],
-                document["source"],
-                document["routing_key"],
-                arguments,
-                owner=None,
-                authorize=authorize,
-            )
-        else:
-            vhost.unbind_exchange(
-                document["destination"],
-                document["source"],
-                document["routing_key"],
-                arguments,
-                authorize=authorize,
-            )
-    except AmqpError as error:
-        raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
+    keys = (document["destination"], document["source"], document["routing_key"])
+    if document["destination_type"] == "queue":
+        await _apply_durably(
+            context,
+            vhost.unbind_queue,
+            *keys,
+            arguments,
+            owner=None,
+            authorize=authorize,
+        )
+    else:
+        await _apply_durably(
+            context, vhost.unbind_exchange, *keys, arguments, authorize=authorize
+        )
     return no_content()
 
 
