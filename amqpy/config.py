@@ -68,6 +68,10 @@ class StoreConfig:
     # A definitions file (RabbitMQ's export format) applied at every start,
     # as RabbitMQ's load_definitions; "" for none.
     load_definitions: str = ""
+    # Durable declares and deletes are appended to definitions.log; the
+    # snapshot (definitions.json) is rewritten when the log grows past the
+    # snapshot's size or this many bytes, whichever is larger.
+    definitions_log_min_bytes: int = 1048576
 
 
 @attrs.frozen
@@ -246,6 +250,8 @@ class Config:
             raise ConfigError("store.disk_check_interval_s must be positive")
         if self.store.commit_interval_ms < 0:
             raise ConfigError("store.commit_interval_ms must not be negative")
+        if self.store.definitions_log_min_bytes < 0:
+            raise ConfigError("store.definitions_log_min_bytes must not be negative")
         if limits.consumer_timeout_ms < 0:
             raise ConfigError("limits.consumer_timeout_ms must not be negative")
         if limits.max_message_size < 1:

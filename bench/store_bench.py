@@ -3,13 +3,18 @@ persistent publish and ack.
 
     .venv/bin/python bench/store_bench.py recovery --messages 1000000
     .venv/bin/python bench/store_bench.py steady --messages 1000000
+    .venv/bin/python bench/store_bench.py declares --existing 5000 --declares 500
 
 `recovery` writes N persistent 1 KiB messages into a durable queue's log with
 the store's own writer (no broker), then starts `amqpy server` on that folder
 and times it until it listens (recovery happens before that), and reports its
 memory. `steady` starts a broker and runs an aio-pika publisher with confirms
 (a window of unconfirmed messages) and an acking consumer through one durable
-queue, sampling the size of the data folder every second.
+queue, sampling the size of the data folder every second. `declares` creates
+`--existing` durable exchanges, then times `--declares` durable queue declares
+one after another (each waits for its declare-ok, which waits for the
+definitions to be on disk) while another connection publishes persistent
+messages with confirms, one at a time, and reports both latencies.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pamqp import commands
 
@@ -189,14 +195,78 @@ async def steady(count: int, window: int) -> dict[str, object]:
         }
 
 
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
+        "p99_ms": round(
+            ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)] * 1000, 2
+        ),
+    }
+
+
+async def declares(existing: int, count: int) -> dict[str, Any]:
+    import aio_pika
+
+    with tempfile.TemporaryDirectory(prefix="amqpy-bench-") as folder:
+        server, port, _ = start_server(Path(folder) / "data")
+        try:
+            url = f"amqp://guest:guest@127.0.0.1:{port}/"
+            declaring = await aio_pika.connect(url)
+            publishing = await aio_pika.connect(url)
+            channel = await declaring.channel()
+            started = time.perf_counter()
+            for number in range(existing):
+                await channel.declare_exchange(f"bench.x{number}", durable=True)
+            setup_s = time.perf_counter() - started
+            confirms = await publishing.channel(publisher_confirms=True)
+            target = await confirms.declare_queue("bench.confirms", durable=True)
+            declare_times: list[float] = []
+            confirm_times: list[float] = []
+            done = asyncio.Event()
+
+            async def publish() -> None:
+                message = aio_pika.Message(b"x" * 16, delivery_mode=2)
+                while not done.is_set():
+                    sent = time.perf_counter()
+                    await confirms.default_exchange.publish(message, target.name)
+                    confirm_times.append(time.perf_counter() - sent)
+
+            publisher = asyncio.create_task(publish())
+            for number in range(count):
+                sent = time.perf_counter()
+                await channel.declare_queue(f"bench.q{number}", durable=True)
+                declare_times.append(time.perf_counter() - sent)
+            done.set()
+            await publisher
+            await declaring.close()
+            await publishing.close()
+        finally:
+            server.terminate()
+            server.wait()
+    return {
+        "existing": existing,
+        "declares": count,
+        "setup_declares_per_s": round(existing / setup_s) if existing else None,
+        "declare": _percentiles(declare_times),
+        "declares_per_s": round(count / sum(declare_times)),
+        "confirm": _percentiles(confirm_times),
+        "confirms": len(confirm_times),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["recovery", "steady"])
+    parser.add_argument("what", choices=["recovery", "steady", "declares"])
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--existing", type=int, default=5000)
+    parser.add_argument("--declares", type=int, default=500)
     args = parser.parse_args()
     if args.what == "recovery":
         result = recovery(args.messages)
+    elif args.what == "declares":
+        result = asyncio.run(declares(args.existing, args.declares))
     else:
         result = asyncio.run(steady(args.messages, args.window))
     print(json.dumps({"case": args.what, **result}))  # noqa: T201

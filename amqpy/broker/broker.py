@@ -16,7 +16,12 @@ from amqpy.broker.access import (
 from amqpy.broker.exchange import DelayedMessageExchange
 from amqpy.broker.policy import Policy
 from amqpy.broker.timers import Scheduler
-from amqpy.broker.vhost import VHost, export_definitions, import_definitions
+from amqpy.broker.vhost import (
+    DurableChangeHook,
+    VHost,
+    export_definitions,
+    import_definitions,
+)
 from amqpy.store.queue_log import QueueLog
 
 # The runtime-parameter component RabbitMQ keeps vhost limits in.
@@ -33,7 +38,7 @@ KEPT_SECTIONS = (
 class Broker:
     def __init__(
         self,
-        on_durable_change: Callable[[], None] | None = None,
+        on_durable_change: DurableChangeHook | None = None,
         open_log: Callable[[str], QueueLog] | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
@@ -48,7 +53,9 @@ class Broker:
         self.access = AccessControl()
         self.vhost_limits: dict[str, dict[str, int]] = {}
         # Called when anything that belongs in the definitions file changes.
-        self._on_durable_change = on_durable_change or (lambda: None)
+        self._on_durable_change: DurableChangeHook = on_durable_change or (
+            lambda change: None
+        )
 
     def add_vhost(
         self, name: str, *, description: str = "", tags: tuple[str, ...] = ()
@@ -64,13 +71,13 @@ class Broker:
         )
         if description or tags:
             entry["metadata"] = {"description": description, "tags": list(tags)}
-            self._on_durable_change()
+            self._on_durable_change(None)
         if vhost is None:
             vhost = self.vhosts[name] = VHost(
                 name, self._on_durable_change, self._open_log, self._scheduler
             )
             vhost.limits = self.vhost_limits.setdefault(name, {})
-            self._on_durable_change()
+            self._on_durable_change(None)
         return vhost
 
     def vhost_metadata(self, name: str) -> dict[str, Any]:
@@ -92,7 +99,7 @@ class Broker:
             self.kept_definitions["policies"] = [
                 entry for entry in policies if entry.get("vhost", "/") != name
             ]
-        self._on_durable_change()
+        self._on_durable_change(None)
         return True
 
     def set_vhost_limits(self, name: str, limits: Mapping[str, Any]) -> None:
@@ -108,7 +115,7 @@ class Broker:
         parsed = parse_limits(limits, VHOST_LIMITS)
         current.clear()
         current.update(parsed)  # the vhost holds the same dict
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     # -- users and permissions ----------------------------------------------------
 
@@ -139,13 +146,13 @@ class Broker:
             if limits is not None
             else (existing.limits if existing else None),
         )
-        self._on_durable_change()
+        self._on_durable_change(None)
         return user
 
     def delete_user(self, name: str) -> bool:
         deleted = self.access.delete_user(name)
         if deleted:
-            self._on_durable_change()
+            self._on_durable_change(None)
         return deleted
 
     def set_permissions(
@@ -160,12 +167,12 @@ class Broker:
         if vhost not in self.vhosts:
             raise KeyError(f"no vhost '{vhost}'")
         self.access.set_permissions(user, vhost, configure, write, read)
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     def clear_permissions(self, user: str, vhost: str) -> bool:
         cleared = self.access.clear_permissions(user, vhost)
         if cleared:
-            self._on_durable_change()
+            self._on_durable_change(None)
         return cleared
 
     def set_topic_permissions(
@@ -180,14 +187,14 @@ class Broker:
         if vhost not in self.vhosts:
             raise KeyError(f"no vhost '{vhost}'")
         self.access.set_topic_permissions(user, vhost, exchange, write, read)
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     def clear_topic_permissions(
         self, user: str, vhost: str, exchange: str | None = None
     ) -> bool:
         cleared = self.access.clear_topic_permissions(user, vhost, exchange)
         if cleared:
-            self._on_durable_change()
+            self._on_durable_change(None)
         return cleared
 
     def authenticate(self, username: str, password: str) -> User | None:
@@ -251,7 +258,7 @@ class Broker:
         self.kept_definitions["policies"] = list(entries)
         for name, vhost in self.vhosts.items():
             vhost.set_policies([policy for policy in policies if policy.vhost == name])
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     def set_policy(self, entry: Mapping[str, Any]) -> bool:
         """Add or replace one policy (RabbitMQ's set_policy), kept in the
@@ -294,7 +301,7 @@ class Broker:
             raise KeyError(name)
         entry = self._vhost_entries.setdefault(name, {"name": name, "limits": []})
         entry["metadata"] = {"description": description, "tags": list(tags)}
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     def set_user_limits(self, name: str, limits: Mapping[str, Any]) -> None:
         """Replace a user's limits (RabbitMQ's set_user_limits).
@@ -305,7 +312,7 @@ class Broker:
         """
         user = self.access.users[name]
         user.limits = parse_limits(limits, USER_LIMITS)
-        self._on_durable_change()
+        self._on_durable_change(None)
 
     def recover_messages(self) -> int:
         """Load every durable queue's unacked persistent messages.
@@ -372,7 +379,7 @@ class Broker:
                             if entry.get("component") != VHOST_LIMITS_COMPONENT
                         ]
                     self.kept_definitions[key] = list(entries)
-                    self._on_durable_change()
+                    self._on_durable_change(None)
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"malformed definitions: {error!r}") from error
         for name in names:
@@ -390,7 +397,7 @@ class Broker:
                 if not isinstance(entries, list):
                     raise ValueError(f"malformed definitions: '{key}' is not a list")
                 load(entries)
-                self._on_durable_change()
+                self._on_durable_change(None)
         if "policies" in self.kept_definitions:
             self.apply_policies(self.kept_definitions["policies"])
         for name, vhost in self.vhosts.items():

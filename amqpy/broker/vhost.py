@@ -57,9 +57,13 @@ from amqpy.model.message import (
     header_routes,
     with_routing_key,
 )
-from amqpy.store.definitions import STORE_ID_KEY
+from amqpy.store.definitions import STORE_ID_KEY, DefinitionChange
 from amqpy.store.message_store import new_store_id
 from amqpy.store.queue_log import QueueLog, StoredMessage
+
+# Told of each durable exchange, queue or binding added or removed; None
+# means "more than that changed: save everything" (vhosts, users, policies).
+DurableChangeHook = Callable[[DefinitionChange | None], None]
 
 # Queue arguments RabbitMQ compares on redeclare; others are not compared.
 EQUIVALENCE_CHECKED_QUEUE_ARGUMENTS = (
@@ -113,7 +117,7 @@ class VHost:
     def __init__(
         self,
         name: str,
-        on_durable_change: Callable[[], None] | None = None,
+        on_durable_change: DurableChangeHook | None = None,
         open_log: Callable[[str], QueueLog] | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
@@ -123,8 +127,10 @@ class VHost:
         # Gives a durable queue the log its persistent messages are kept in.
         self._open_log = open_log
         # Called whenever a durable exchange, queue or binding comes or goes,
-        # so the definitions can be saved.
-        self._on_durable_change = on_durable_change or (lambda: None)
+        # with the change, so the definitions can be saved.
+        self._on_durable_change: DurableChangeHook = on_durable_change or (
+            lambda change: None
+        )
         self.queues: dict[str, Queue] = {}
         self.default_exchange = DefaultExchange(self.queues.get)
         self.exchanges: dict[str, Exchange] = {"": self.default_exchange}
@@ -238,7 +244,9 @@ class VHost:
         self._apply_exchange_policy(exchange)
         self._attach_delay_log(exchange)
         if durable:
-            self._on_durable_change()
+            self._on_durable_change(
+                DefinitionChange("exchanges", exchange_entry(self.name, exchange))
+            )
         return exchange
 
     def _check_exchange_equivalence(
@@ -321,7 +329,11 @@ class VHost:
             self._forget_source(destination, exchange)
         self._unbind_destination(exchange)
         if exchange.durable:
-            self._on_durable_change()
+            self._on_durable_change(
+                DefinitionChange(
+                    "exchanges", {"vhost": self.name, "name": exchange.name}, True
+                )
+            )
 
     # -- queues ----------------------------------------------------------------
 
@@ -409,7 +421,9 @@ class VHost:
             self._exclusive.setdefault(owner, set()).add(queue)
         if durable:
             self.attach_log(queue)
-            self._on_durable_change()
+            self._on_durable_change(
+                DefinitionChange("queues", queue_entry(self.name, queue))
+            )
         return queue
 
     def destroy(self) -> None:
@@ -469,7 +483,11 @@ class VHost:
         if queue.log is not None:
             queue.log.destroy()
         if queue.durable:
-            self._on_durable_change()
+            self._on_durable_change(
+                DefinitionChange(
+                    "queues", {"vhost": self.name, "name": queue.name}, True
+                )
+            )
         consumers = list(queue.consumers)
         queue.consumers.clear()
         queue.messages.clear()
@@ -765,7 +783,14 @@ class VHost:
         if source.add_binding(destination, binding_key, arguments):
             self._sources.setdefault(destination, set()).add(source)
             if _is_durable_binding(source, destination):
-                self._on_durable_change()
+                self._on_durable_change(
+                    DefinitionChange(
+                        "bindings",
+                        binding_entry(
+                            self.name, source, destination, binding_key, arguments
+                        ),
+                    )
+                )
 
     def _unbind(
         self,
@@ -777,7 +802,15 @@ class VHost:
         if not source.remove_binding(destination, binding_key, arguments):
             return
         if _is_durable_binding(source, destination):
-            self._on_durable_change()
+            self._on_durable_change(
+                DefinitionChange(
+                    "bindings",
+                    binding_entry(
+                        self.name, source, destination, binding_key, arguments
+                    ),
+                    True,
+                )
+            )
         if not source.has_binding_to(destination):
             self._forget_source(destination, source)
         self._maybe_auto_delete(source)
@@ -973,51 +1006,70 @@ def _describe_value(value: object) -> str:
     return f"the value '{format_value(value)}' of type '{amqp_type_name(value)}'"
 
 
+def exchange_entry(vhost_name: str, exchange: Exchange) -> dict[str, Any]:
+    """A durable exchange's definitions entry (RabbitMQ's shape)."""
+    return {
+        "name": exchange.name,
+        "vhost": vhost_name,
+        "type": exchange.type_name,
+        "durable": True,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": exchange.arguments,
+        **(
+            {STORE_ID_KEY: exchange.store_id}
+            if isinstance(exchange, DelayedMessageExchange) and exchange.store_id
+            else {}
+        ),
+    }
+
+
+def queue_entry(vhost_name: str, queue: Queue) -> dict[str, Any]:
+    """A durable queue's definitions entry (RabbitMQ's shape)."""
+    return {
+        "name": queue.name,
+        "vhost": vhost_name,
+        "type": "classic",
+        "durable": True,
+        "auto_delete": queue.auto_delete,
+        "arguments": queue.arguments,
+        **({STORE_ID_KEY: queue.store_id} if queue.store_id else {}),
+    }
+
+
+def binding_entry(
+    vhost_name: str,
+    source: Exchange,
+    destination: Any,
+    binding_key: str,
+    arguments: dict[str, Any],
+) -> dict[str, Any]:
+    """A binding's definitions entry (RabbitMQ's shape)."""
+    return {
+        "source": source.name,
+        "vhost": vhost_name,
+        "destination": destination.name,
+        "destination_type": "queue" if isinstance(destination, Queue) else "exchange",
+        "routing_key": binding_key,
+        "arguments": arguments,
+    }
+
+
 def export_definitions(vhost: VHost) -> dict[str, list[dict[str, Any]]]:
     """The vhost's durable exchanges, queues and bindings, in RabbitMQ's
     definitions shape."""
     exchanges = [
-        {
-            "name": exchange.name,
-            "vhost": vhost.name,
-            "type": exchange.type_name,
-            "durable": True,
-            "auto_delete": exchange.auto_delete,
-            "internal": exchange.internal,
-            "arguments": exchange.arguments,
-            **(
-                {STORE_ID_KEY: exchange.store_id}
-                if isinstance(exchange, DelayedMessageExchange) and exchange.store_id
-                else {}
-            ),
-        }
+        exchange_entry(vhost.name, exchange)
         for exchange in vhost.exchanges.values()
         if exchange.durable and exchange.name and not _reserved(exchange.name)
     ]
     queues = [
-        {
-            "name": queue.name,
-            "vhost": vhost.name,
-            "type": "classic",
-            "durable": True,
-            "auto_delete": queue.auto_delete,
-            "arguments": queue.arguments,
-            **({STORE_ID_KEY: queue.store_id} if queue.store_id else {}),
-        }
+        queue_entry(vhost.name, queue)
         for queue in vhost.queues.values()
         if queue.durable
     ]
     bindings = [
-        {
-            "source": source.name,
-            "vhost": vhost.name,
-            "destination": destination.name,
-            "destination_type": "queue"
-            if isinstance(destination, Queue)
-            else "exchange",
-            "routing_key": binding_key,
-            "arguments": arguments,
-        }
+        binding_entry(vhost.name, source, destination, binding_key, arguments)
         for source, destination, binding_key, arguments in _iter_bindings(vhost)
         if _is_durable_binding(source, destination)
     ]

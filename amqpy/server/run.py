@@ -24,6 +24,7 @@ from amqpy.server.channel import ChannelHandler
 from amqpy.server.connection import ConnectionHandler
 from amqpy.server.timers import TrioScheduler
 from amqpy.store.definitions import (
+    DefinitionChange,
     DefinitionsStore,
     StoreFormatError,
     read_definitions_file,
@@ -64,6 +65,10 @@ class BrokerServer:
         self._saved_generation = 0
         self._definitions_saved = trio.Event()
         self._definitions_lock = trio.Lock()
+        # Durable exchange/queue/binding changes not yet in the definitions
+        # log, and whether something else changed (a snapshot is due).
+        self._unsaved_changes: list[DefinitionChange] = []
+        self._snapshot_due = False
         self.store = MessageStore(
             self._data_dir,
             config.store.segment_max_bytes,
@@ -172,6 +177,13 @@ class BrokerServer:
             if "users" not in definitions:
                 # A new data folder (or one from before users were kept).
                 self._seed_defaults()
+            # Start from a snapshot of what was recovered: the log replayed
+            # at this start is folded in, and the import's own changes
+            # (which re-announce every binding) need not be logged.
+            self._unsaved_changes.clear()
+            self._snapshot_due = bool(
+                self._definitions.log_changes or self.definitions_generation
+            )
             self.store.check_formats()
             message_count = self.broker.recover_messages()
             self.store.remove_unused()
@@ -206,7 +218,12 @@ class BrokerServer:
             (configure, write, read),
         )
 
-    def _mark_definitions_changed(self) -> None:
+    def _mark_definitions_changed(self, change: DefinitionChange | None) -> None:
+        if change is None:
+            self._snapshot_due = True
+            self._unsaved_changes.clear()  # the snapshot will hold them
+        elif not self._snapshot_due:
+            self._unsaved_changes.append(change)
         self.definitions_generation += 1
         self._definitions_changed.set()
 
@@ -228,10 +245,26 @@ class BrokerServer:
             await self._save_definitions_locked()
 
     async def _save_definitions_locked(self) -> None:
+        """Append the changes since the last save to the definitions log, or
+        write a whole snapshot when one is due (the log outgrew the last
+        snapshot, or a change that is not logged happened)."""
         generation = self.definitions_generation
-        snapshot = self.broker.export_definitions()
+        store = self._definitions
         try:
-            await trio.to_thread.run_sync(self._definitions.save, snapshot)
+            if (
+                self._snapshot_due
+                or not store.can_append
+                or store.log_bytes
+                > max(self.config.store.definitions_log_min_bytes, store.snapshot_bytes)
+            ):
+                # Exported on the loop (a consistent view), written in a thread.
+                snapshot = self.broker.export_definitions()
+                self._snapshot_due = False
+                self._unsaved_changes.clear()
+                await trio.to_thread.run_sync(store.save, snapshot)
+            else:
+                changes, self._unsaved_changes = self._unsaved_changes, []
+                await trio.to_thread.run_sync(store.append, changes)
             self._saved_generation = generation
             self._definitions_saved.set()
             self._definitions_saved = trio.Event()

@@ -95,5 +95,7 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(EXIT_TIMEOUT_S)
+        # The reader ends at the pipe's end; closing under it would raise there.
+        self._reader.join(EXIT_TIMEOUT_S)
         if self.process.stderr is not None:
             self.process.stderr.close()

@@ -15,6 +15,7 @@ import pytest
 
 from amqpy.store.definitions import (
     DEFINITIONS_FILE,
+    DEFINITIONS_LOG_FILE,
     FORMAT_KEY,
     FORMAT_VERSION,
     DefinitionsStore,
@@ -103,7 +104,11 @@ def test_a_save_replaces_the_whole_file(tmp_path: Path) -> None:
     store.save(definitions("second"))
     loaded = store.load()
     assert [queue["name"] for queue in loaded["queues"]] == ["second"]
-    assert sorted(path.name for path in tmp_path.iterdir()) == [DEFINITIONS_FILE]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        DEFINITIONS_FILE,
+        DEFINITIONS_LOG_FILE,
+    ]
+    assert (tmp_path / DEFINITIONS_LOG_FILE).read_bytes().count(b"\n") == 1  # header
 
 
 def test_a_temp_file_left_by_a_crash_before_the_rename_is_ignored(
