@@ -52,6 +52,15 @@ if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq: "$WORK/rabbit"; fi
   export RABBITMQ_CONFIG_FILE="$WORK/rabbit/rabbitmq" RABBITMQ_DIST_PORT="$DIST_PORT"
   export RABBITMQ_ENABLED_PLUGINS_FILE="$WORK/rabbit/enabled_plugins" HOME="$WORK/rabbit"
   export ERL_EPMD_ADDRESS=127.0.0.1
+  # Debian's wrapper switches user with su, whose PAM limits cut the file
+  # descriptors to 1024 (RabbitMQ then allows ~830 sockets and fails g_conns):
+  # switch without PAM instead, keeping this shell's (raised) limit.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1 && command -v setpriv >/dev/null \
+    && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+      /usr/lib/rabbitmq/bin/rabbitmq-server >"$WORK/rabbit/out.log" 2>&1
+  fi
   exec rabbitmq-server >"$WORK/rabbit/out.log" 2>&1
 ) &
 RABBIT_PID=$!
