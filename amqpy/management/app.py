@@ -105,6 +105,16 @@ class Context:
     def broker(self) -> Any:
         return self.server.broker
 
+    @property
+    def node_name(self) -> str:
+        """This node's name in the API (RabbitMQ's rabbit@host)."""
+        return str(self.server.config.server.cluster_name)
+
+    async def durably_saved(self) -> None:
+        """Until the definitions on disk hold every change made so far:
+        RabbitMQ answers a change after its own durable write."""
+        await self.server.wait_definitions_saved(self.server.definitions_generation)
+
     def param(self, name: str) -> str:
         """A path segment, percent-decoded once more (RabbitMQ's paths carry
         "%2F" for the vhost "/", which the router has decoded to "/")."""

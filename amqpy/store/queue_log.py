@@ -198,6 +198,9 @@ class QueueLog:
         self._live: dict[int, int] = {}  # segment id -> unacked messages in it
         self._batch = WriteBatch()
         self.destroyed = False
+        # Paths of the segments in use, made once: a Path per record (and
+        # its hash in the batch's dict) cost more than the record's encoding.
+        self._paths: dict[tuple[str, int], Path] = {}
 
     @property
     def pending_bytes(self) -> int:
@@ -219,9 +222,7 @@ class QueueLog:
             and self._segment_bytes + len(record) > self.segment_max_bytes
         ):
             self._roll()
-        self._batch.add(
-            self.directory / _segment_name("msgs", self._segment_id), record
-        )
+        self._batch.add(self._path("msgs", self._segment_id), record)
         self._segment_bytes += len(record)
         self._segment_of[seq] = self._segment_id
         self._live[self._segment_id] = self._live.get(self._segment_id, 0) + 1
@@ -235,14 +236,25 @@ class QueueLog:
         left = self._live[segment_id] - 1
         if left or segment_id == self._segment_id:
             self._live[segment_id] = left
-            self._batch.add(
-                self.directory / _segment_name("acks", segment_id), encode_ack(seq)
-            )
+            self._batch.add(self._path("acks", segment_id), encode_ack(seq))
             return
         # Every message of a finished segment is settled: drop both files.
         del self._live[segment_id]
+        self._delete_segment(segment_id)
+
+    def _path(self, kind: str, segment_id: int) -> Path:
+        path = self._paths.get((kind, segment_id))
+        if path is None:
+            path = self._paths[kind, segment_id] = self.directory / _segment_name(
+                kind, segment_id
+            )
+        return path
+
+    def _delete_segment(self, segment_id: int) -> None:
         for kind in ("msgs", "acks"):
-            path = self.directory / _segment_name(kind, segment_id)
+            path = self._paths.pop((kind, segment_id), None) or (
+                self.directory / _segment_name(kind, segment_id)
+            )
             self._batch.appends.pop(path, None)
             self._batch.deletes.append(path)
 
@@ -252,10 +264,7 @@ class QueueLog:
         self._segment_bytes = 0
         if not self._live.get(finished):
             self._live.pop(finished, None)
-            for kind in ("msgs", "acks"):
-                path = self.directory / _segment_name(kind, finished)
-                self._batch.appends.pop(path, None)
-                self._batch.deletes.append(path)
+            self._delete_segment(finished)
 
     def destroy(self) -> None:
         """The queue was deleted: its whole folder goes."""
@@ -264,6 +273,7 @@ class QueueLog:
         self._on_change(self, False)
         self._segment_of.clear()
         self._live.clear()
+        self._paths.clear()
 
     def take_batch(self) -> WriteBatch:
         batch, self._batch = self._batch, WriteBatch()

@@ -167,16 +167,6 @@ def require_vhost_access(context: Context, name: str) -> VHost:
     return vhost
 
 
-async def saved(context: Context) -> None:
-    """Until the definitions file holds every change made so far."""
-    server = context.server
-    await server.wait_definitions_saved(server.definitions_generation)
-
-
-def node_name(context: Context) -> str:
-    return str(context.server.config.server.cluster_name)
-
-
 def string_field(body: Mapping[str, Any], key: str, default: str = "") -> str:
     value = body.get(key, default)
     if value is None:
@@ -212,7 +202,7 @@ def vhost_object(context: Context, vhost: VHost) -> dict[str, Any]:
         "default_queue_type": "undefined",
         "metadata": {"description": description, "tags": tags},
         "tracing": False,
-        "cluster_state": {node_name(context): "running"},
+        "cluster_state": {context.node_name: "running"},
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -243,12 +233,12 @@ async def put_vhost(context: Context) -> Response:
     broker: Broker = context.broker
     if name in broker.vhosts:
         broker.set_vhost_metadata(name, description, tags)
-        await saved(context)
+        await context.durably_saved()
         return no_content()
     broker.add_vhost(name, description=description, tags=tags)
     # RabbitMQ gives the user who created a vhost full permissions on it.
     broker.set_permissions(context.user.name, name, *FULL_PERMISSIONS)
-    await saved(context)
+    await context.durably_saved()
     return created()
 
 
@@ -256,7 +246,7 @@ async def delete_vhost(context: Context) -> Response:
     context.require(Level.ADMINISTRATOR)
     if not context.server.delete_vhost(context.param("vhost")):
         raise not_found()
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -359,7 +349,7 @@ async def put_user(context: Context) -> Response:
         tags=tags,
         limits=limits,
     )
-    await saved(context)
+    await context.durably_saved()
     return created() if existing is None else no_content()
 
 
@@ -367,7 +357,7 @@ async def delete_user(context: Context) -> Response:
     context.require(Level.ADMINISTRATOR)
     if not context.server.delete_user(context.param("name")):
         raise not_found()
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -385,7 +375,7 @@ async def bulk_delete_users(context: Context) -> Response:
             raise term_error("no_such_user", name)
     for name in names:
         context.server.delete_user(name)
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -452,7 +442,7 @@ async def put_permission(context: Context) -> Response:
         raise bad_request("vhost_or_user_not_found")
     existed = (user, vhost) in broker.access.permissions
     broker.set_permissions(user, vhost, configure, write, read)
-    await saved(context)
+    await context.durably_saved()
     return no_content() if existed else created()
 
 
@@ -462,7 +452,7 @@ async def delete_permission(context: Context) -> Response:
         context.param("user"), context.param("vhost")
     ):
         raise not_found()
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -526,7 +516,7 @@ async def put_topic_permission(context: Context) -> Response:
         raise bad_request("vhost_or_user_not_found")
     existed = (user, vhost, exchange) in broker.access.topic_permissions
     broker.set_topic_permissions(user, vhost, exchange, write, read)
-    await saved(context)
+    await context.durably_saved()
     return no_content() if existed else created()
 
 
@@ -538,7 +528,7 @@ async def delete_topic_permissions(context: Context) -> Response:
         context.param("user"), context.param("vhost"), exchange
     ):
         raise not_found()
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -588,7 +578,7 @@ async def put_vhost_limit(context: Context) -> Response:
     value = limit_value(body, name, VHOST_LIMITS)
     # A negative value means "no limit", as in RabbitMQ.
     broker.set_vhost_limits(vhost, {**broker.vhost_limits[vhost], name: value})
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -603,7 +593,7 @@ async def delete_vhost_limit(context: Context) -> Response:
         broker.set_vhost_limits(
             vhost, {key: value for key, value in current.items() if key != name}
         )
-        await saved(context)
+        await context.durably_saved()
     return no_content()
 
 
@@ -641,7 +631,7 @@ async def put_user_limit(context: Context) -> Response:
     if existing is None:
         raise term_error("no_such_user", user)
     broker.set_user_limits(user, {**existing.limits, name: value})
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -654,7 +644,7 @@ async def delete_user_limit(context: Context) -> Response:
             user.name,
             {key: value for key, value in user.limits.items() if key != name},
         )
-        await saved(context)
+        await context.durably_saved()
     return no_content()
 
 
@@ -767,7 +757,7 @@ async def put_policy(context: Context) -> Response:
     body = await context.json_body()
     entry = policy_entry(vhost, name, body)
     is_new = context.broker.set_policy(entry)
-    await saved(context)
+    await context.durably_saved()
     return created() if is_new else no_content()
 
 
@@ -776,7 +766,7 @@ async def delete_policy(context: Context) -> Response:
     may_write_policies(context, vhost)
     if not context.broker.delete_policy(vhost, name):
         raise not_found()
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -1017,7 +1007,7 @@ async def import_definitions(context: Context, body: Mapping[str, Any]) -> Respo
         broker.import_definitions(merged_kept(broker, document))
     except ValueError as error:  # checked above; a bug if it happens
         raise bad_request(str(error)) from error
-    await saved(context)
+    await context.durably_saved()
     return no_content()
 
 
@@ -1055,7 +1045,7 @@ def alarms_check(context: Context, reason: str) -> Response:
     alarms = sorted(context.server.alarms)
     if not alarms:
         return JSONResponse({"status": "ok"})
-    node = node_name(context)
+    node = context.node_name
     return JSONResponse(
         {
             "status": "failed",
@@ -1168,7 +1158,7 @@ def node_object(context: Context) -> dict[str, Any]:
         disk_free = 0
     fd_total = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     node: dict[str, Any] = {
-        "name": node_name(context),
+        "name": context.node_name,
         "type": "disc",
         "running": True,
         "os_pid": str(os.getpid()),
@@ -1202,7 +1192,7 @@ async def list_nodes(context: Context) -> list[dict[str, Any]]:
 
 async def get_node(context: Context) -> dict[str, Any]:
     require_monitoring(context)
-    if context.param("node") != node_name(context):
+    if context.param("node") != context.node_name:
         raise not_found()
     return node_object(context)
 

@@ -249,29 +249,16 @@ def _exchange_param(context: Context, key: str) -> str:
     return "" if name == DEFAULT_EXCHANGE_ALIAS else name
 
 
-def _node(context: Context) -> str:
-    return str(context.server.config.server.cluster_name)
-
-
 async def _apply_durably(
     context: Context, change: Callable[..., object], *args: Any, **kwargs: Any
 ) -> None:
     """Make a change with the broker's own call (its refusals answered as the
     API answers them), and answer once the definitions file holds it."""
-    generation = context.server.definitions_generation
     try:
         change(*args, **kwargs)
     except AmqpError as error:
         raise _direct_failure(error) from error
-    await _durable_changes_saved(context, generation)
-
-
-async def _durable_changes_saved(context: Context, generation_before: int) -> None:
-    """Answer only once the definitions file holds what this request changed
-    (RabbitMQ answers after its own durable write)."""
-    server = context.server
-    if server.definitions_generation != generation_before:
-        await server.wait_definitions_saved(server.definitions_generation)
+    await context.durably_saved()
 
 
 # -- request bodies ------------------------------------------------------------
@@ -961,7 +948,7 @@ async def list_vhost_queues(context: Context) -> Any:
 
 def _queues_reply(context: Context, vhosts: list[VHost]) -> Any:
     unacked = unacked_by_queue(context.server)
-    node = _node(context)
+    node = context.node_name
     items = [
         queue_json(queue, unacked, node=node, vhost=vhost)
         for vhost in vhosts
@@ -976,7 +963,7 @@ async def get_queue(context: Context) -> Any:
     document = queue_json(
         queue,
         unacked_by_queue(context.server),
-        node=_node(context),
+        node=context.node_name,
         vhost=vhost,
         details=True,
     )
@@ -1714,14 +1701,14 @@ def _connection(context: Context, *, delete: bool = False) -> ConnectionHandler:
 
 
 async def list_connections(context: Context) -> Any:
-    node = _node(context)
+    node = context.node_name
     items = [connection_json(c, node) for c in _visible_connections(context)]
     return reply_list(context, items, ("vhost", "name"), paginate=True)
 
 
 async def list_vhost_connections(context: Context) -> Any:
     vhost = _path_vhost(context)
-    node = _node(context)
+    node = context.node_name
     items = [
         connection_json(c, node) for c in _visible_connections(context, vhost.name)
     ]
@@ -1729,7 +1716,7 @@ async def list_vhost_connections(context: Context) -> Any:
 
 
 async def get_connection(context: Context) -> Any:
-    document = connection_json(_connection(context), _node(context), single=True)
+    document = connection_json(_connection(context), context.node_name, single=True)
     return reply_item(context, document)
 
 
@@ -1750,13 +1737,13 @@ def _channels_of(connections: Iterable[ConnectionHandler]) -> list[ChannelHandle
 
 async def connection_channels(context: Context) -> Any:
     connection = _connection(context)
-    node = _node(context)
+    node = context.node_name
     items = [channel_json(handler, node) for handler in _channels_of([connection])]
     return reply_list(context, items, ("vhost", "name"))
 
 
 async def list_channels(context: Context) -> Any:
-    node = _node(context)
+    node = context.node_name
     handlers = _channels_of(_visible_connections(context))
     items = [channel_json(handler, node) for handler in handlers]
     return reply_list(context, items, ("vhost", "name"), paginate=True)
@@ -1764,7 +1751,7 @@ async def list_channels(context: Context) -> Any:
 
 async def list_vhost_channels(context: Context) -> Any:
     vhost = _path_vhost(context)
-    node = _node(context)
+    node = context.node_name
     handlers = _channels_of(_visible_connections(context, vhost.name))
     items = [channel_json(handler, node) for handler in handlers]
     return reply_list(context, items, ("vhost", "name"))
@@ -1782,11 +1769,11 @@ async def get_channel(context: Context) -> Any:
     )
     if handler is None:
         raise not_found()
-    return reply_item(context, channel_json(handler, _node(context)))
+    return reply_item(context, channel_json(handler, context.node_name))
 
 
 def _consumers(context: Context, vhosts: Iterable[VHost]) -> list[dict[str, Any]]:
-    node = _node(context)
+    node = context.node_name
     monitor = _is_monitor(context)
     items = []
     for vhost in vhosts:
