@@ -55,8 +55,11 @@ from amqpy.model.message import (
     decode_properties,
     expiration_error_text,
     header_routes,
+    join_properties,
+    split_properties,
     with_routing_key,
 )
+from amqpy.model.tables import split_table, table_body
 from amqpy.store.definitions import STORE_ID_KEY, DefinitionChange
 from amqpy.store.message_store import new_store_id
 from amqpy.store.queue_log import QueueLog, StoredMessage
@@ -976,14 +979,20 @@ def sender_selected(message: Message) -> tuple[Message, list[str] | None]:
     except ValueError as error:
         raise PreconditionFailedError(f"invalid message: {error}") from error
     if "BCC" in headers:
-        properties = decode_properties(message.properties_raw)
-        properties.headers = {
-            key: value for key, value in headers.items() if key != "BCC"
-        }
+        # Only BCC goes: the other headers keep their order and wire types,
+        # as in RabbitMQ.
+        parts = split_properties(message.properties_raw)
+        parts["headers"] = table_body(
+            [
+                (key, value)
+                for key, value in split_table(parts["headers"])
+                if key != "BCC"
+            ]
+        )
         message = Message(
             message.exchange,
             message.routing_key,
-            properties.marshal(),
+            join_properties(parts),
             message.body,
         )
     return message, extra_keys

@@ -42,7 +42,70 @@ def decode_properties(properties_raw: bytes) -> commands.Basic.Properties:
     return properties
 
 
-# rabbit_misc:check_expiry/1 refuses per-message TTLs over ten years.
+# Basic's properties in wire order, with their flag bits and value kinds.
+PROPERTY_LAYOUT = (
+    ("content_type", 0x8000, "shortstr"),
+    ("content_encoding", 0x4000, "shortstr"),
+    ("headers", 0x2000, "table"),
+    ("delivery_mode", 0x1000, "octet"),
+    ("priority", 0x0800, "octet"),
+    ("correlation_id", 0x0400, "shortstr"),
+    ("reply_to", 0x0200, "shortstr"),
+    ("expiration", 0x0100, "shortstr"),
+    ("message_id", 0x0080, "shortstr"),
+    ("timestamp", 0x0040, "timestamp"),
+    ("message_type", 0x0020, "shortstr"),
+    ("user_id", 0x0010, "shortstr"),
+    ("app_id", 0x0008, "shortstr"),
+    ("cluster_id", 0x0004, "shortstr"),
+)
+
+
+def split_properties(properties_raw: bytes) -> dict[str, bytes]:
+    """The present properties' encoded values by name, in wire order (a
+    table with its length prefix, a short string with its length byte).
+
+    Raises:
+        ValueError: malformed, or more than one flag word (no Basic property
+            needs one).
+    """
+    if len(properties_raw) < 2:
+        raise ValueError("content header property flags are truncated")
+    flags = int.from_bytes(properties_raw[:2], "big")
+    if flags & 0x0003:
+        raise ValueError("unexpected property flags")
+    parts: dict[str, bytes] = {}
+    offset = 2
+    for name, bit, kind in PROPERTY_LAYOUT:
+        if not flags & bit:
+            continue
+        if kind == "shortstr":
+            size = 1 + properties_raw[offset] if offset < len(properties_raw) else 1
+        elif kind == "table":
+            size = 4 + int.from_bytes(properties_raw[offset : offset + 4], "big")
+        else:
+            size = 1 if kind == "octet" else 8
+        if offset + size > len(properties_raw):
+            raise ValueError("content header properties are truncated")
+        parts[name] = properties_raw[offset : offset + size]
+        offset += size
+    if offset != len(properties_raw):
+        raise ValueError("content header properties have trailing bytes")
+    return parts
+
+
+def join_properties(parts: dict[str, bytes]) -> bytes:
+    """Flags and values from split_properties' shape."""
+    flags = 0
+    values = []
+    for name, bit, _ in PROPERTY_LAYOUT:
+        value = parts.get(name)
+        if value is not None:
+            flags |= bit
+            values.append(value)
+    return flags.to_bytes(2, "big") + b"".join(values)
+
+
 MAX_EXPIRY_MS = 315_360_000_000
 
 _INTEGER_PREFIX = re.compile(rb"[+-]?[0-9]+")

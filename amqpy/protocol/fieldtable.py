@@ -166,3 +166,18 @@ def unmarshal_properties(
             consumed, value = _by_type(data, data_type, 0)
             setattr(properties, name, value)
             data = data[consumed:]
+
+
+def value_size(buffer: bytes, position: int) -> int:
+    """How many bytes the encoded value at `position` takes (type tag
+    included; 0 past the end).
+
+    Raises:
+        ValueError: it is not a valid encoded value.
+    """
+    return _value(buffer, position)[0]
+
+
+def decode_value(value: bytes) -> Any:
+    """An encoded value's Python value (as pamqp decodes it)."""
+    return _value(value, 0)[1]

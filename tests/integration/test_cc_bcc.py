@@ -5,12 +5,16 @@ section 1): extra routing keys, each queue once, BCC removed, errors."""
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from collections.abc import Callable
 
 import aio_pika
 import pika
 import pytest
-from helpers.queue_features import message_count, poll_get, wait_count
+from helpers.amqp_client import body_frame, method_frame, open_client, raw_frame
+from helpers.queue_features import message_count, poll_get, typed_headers, wait_count
+from pamqp import commands
 from pika.adapters.blocking_connection import BlockingChannel
 
 from amqpy.server.embedded import EmbeddedBroker
@@ -175,3 +179,46 @@ def test_aio_pika_publisher_with_cc_and_bcc(
 
     got = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert got == [(b"hi", {"CC": [names("b")]})] * 3
+
+
+def test_removing_bcc_keeps_the_other_headers_order_and_types(
+    broker: EmbeddedBroker, names: Callable[[str], str]
+) -> None:
+    """As RabbitMQ 3.10.8 sends it (recorded): only BCC goes; a double and a
+    64-bit integer stay what the publisher sent, in the publisher's order."""
+    first, second = names("first"), names("second")
+    bcc = b"S" + struct.pack(">I", len(second)) + second.encode()
+    table = (
+        b"\x01zd"
+        + struct.pack(">d", 0.1)
+        + b"\x03BCCA"
+        + struct.pack(">I", len(bcc))
+        + bcc
+        + b"\x01al"
+        + struct.pack(">q", 5)
+    )
+    properties = struct.pack(">HI", 0x2000, len(table)) + table
+    with open_client(broker.port) as client:
+        client.open_channel(1)
+        for queue in (first, second):
+            client.send_method(1, commands.Queue.Declare(queue=queue))
+            client.expect(commands.Queue.DeclareOk, 1)
+        client.send(
+            method_frame(1, commands.Basic.Publish(routing_key=first))
+            + raw_frame(2, 1, struct.pack(">HHQ", 60, 0, 1) + properties)
+            + body_frame(1, b"m")
+        )
+        for queue in (first, second):
+            deadline = time.monotonic() + 5
+            while True:
+                client.send_method(1, commands.Basic.Get(queue=queue, no_ack=True))
+                if isinstance(client.read().value, commands.Basic.GetOk):
+                    break
+                assert time.monotonic() < deadline, f"nothing arrived in {queue}"
+                time.sleep(0.01)
+            header = client.read().payload
+            client.read()  # body
+            assert typed_headers(header) == (
+                "F",
+                [("z", ("d", 0.1)), ("a", ("l", 5))],
+            )

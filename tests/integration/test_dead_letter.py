@@ -692,14 +692,6 @@ def test_aio_pika_reads_the_x_death_of_an_expired_message(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="amqpy re-encodes the headers with pamqp, which sorts every table "
-    "by key and uses the smallest integer type: RabbitMQ keeps a first x-death "
-    "entry in creation order, sends count as a signed 64-bit 'l' (Java "
-    "clients cast it to Long) and keeps the publisher's types (a double 'd' "
-    "becomes pamqp's 32-bit 'f')",
-)
 def test_x_death_field_order_and_types_on_the_wire(
     broker: EmbeddedBroker, names: Callable[[str], str]
 ) -> None:
@@ -754,3 +746,126 @@ def test_x_death_field_order_and_types_on_the_wire(
     ]
     assert dict(fields)["d"] == ("d", 0.1)
     assert dict(fields)["l"] == ("l", 5)
+
+
+def test_x_death_entries_on_later_deaths_keep_rabbitmq_wire_shape(
+    broker: EmbeddedBroker, names: Callable[[str], str]
+) -> None:
+    """What RabbitMQ 3.10.8 sends (recorded with this scenario): a new entry
+    in an existing x-death is sorted by key, older entries are passed on as
+    they were, an entry whose count goes up is sorted, and the publisher's
+    own headers keep their types through every death."""
+    src, src2, dlq = names("src"), names("src2"), names("dlq")
+    table = (
+        b"\x01dd"
+        + struct.pack(">d", 0.1)
+        + b"\x01ll"
+        + struct.pack(">q", 5)
+        + b"\x01bb\x07"
+        + b"\x02CCA"
+        + struct.pack(">I", 9)
+        + b"S"
+        + struct.pack(">I", 4)
+        + b"none"
+    )
+    properties = struct.pack(">HI", 0x2100, len(table)) + table + b"\x049000"
+
+    with open_client(broker.port) as client:
+        client.open_channel(1)
+        for queue, arguments in (
+            (dlq, {}),
+            (src, dead_letter_to(src2)),
+            (src2, dead_letter_to(dlq)),
+        ):
+            client.send_method(
+                1, commands.Queue.Declare(queue=queue, arguments=arguments)
+            )
+            client.expect(commands.Queue.DeclareOk, 1)
+
+        def publish(queue: str, raw_properties: bytes) -> None:
+            client.send(
+                method_frame(1, commands.Basic.Publish(routing_key=queue))
+                + raw_frame(2, 1, struct.pack(">HHQ", 60, 0, 1) + raw_properties)
+                + body_frame(1, b"w")
+            )
+
+        def get(queue: str, *, reject: bool) -> bytes:
+            deadline = time.monotonic() + 5
+            while True:
+                client.send_method(
+                    1, commands.Basic.Get(queue=queue, no_ack=not reject)
+                )
+                frame = client.read()
+                if isinstance(frame.value, commands.Basic.GetOk):
+                    break
+                assert time.monotonic() < deadline, f"nothing arrived in {queue}"
+                time.sleep(0.01)
+            header = client.read().payload
+            client.read()  # body
+            if reject:
+                client.send_method(
+                    1,
+                    commands.Basic.Reject(
+                        delivery_tag=frame.value.delivery_tag, requeue=False
+                    ),
+                )
+            return header
+
+        publish(src, properties)
+        get(src, reject=True)
+        get(src2, reject=True)
+        twice = get(dlq, reject=False)
+        publish(src, twice[12:])  # the dead-lettered headers, as a client resends
+        get(src, reject=True)
+        again = get(src2, reject=False)
+
+    def shape(header: bytes) -> list[tuple[str, Any]]:
+        """Keys and types, values where they are not times."""
+        _, fields = typed_headers(header) or ("", [])
+
+        def strip(value: tuple[str, Any]) -> Any:
+            kind, inner = value
+            if kind == "T":
+                return "T"
+            if kind == "F":
+                return [(key, strip(item)) for key, item in inner]
+            if kind == "A":
+                return [strip(item) for item in inner]
+            return (kind, inner)
+
+        return [(key, strip(value)) for key, value in fields]
+
+    publisher_headers = [("b", ("b", 7)), ("d", ("d", 0.1)), ("l", ("l", 5))]
+    first_death = [
+        ("count", ("l", 1)),
+        ("reason", ("S", b"rejected")),
+        ("queue", ("S", src.encode())),
+        ("time", "T"),
+        ("exchange", ("S", b"")),
+        ("routing-keys", [("S", src.encode()), ("S", b"none")]),
+        ("original-expiration", ("S", b"9000")),
+    ]
+    src2_death = [
+        ("count", ("l", 1)),
+        ("exchange", ("S", b"")),
+        ("queue", ("S", src2.encode())),
+        ("reason", ("S", b"rejected")),
+        ("routing-keys", [("S", src2.encode())]),
+        ("time", "T"),
+    ]
+    first_headers = [
+        ("x-first-death-exchange", ("S", b"")),
+        ("x-first-death-queue", ("S", src.encode())),
+        ("x-first-death-reason", ("S", b"rejected")),
+    ]
+    assert shape(twice) == [
+        *publisher_headers,
+        ("x-death", [src2_death, first_death]),
+        *first_headers,
+    ]
+    src_counted_twice = sorted([("count", ("l", 2)), *first_death[1:]])
+    assert shape(again) == [
+        *publisher_headers,
+        ("x-death", [src_counted_twice, src2_death]),
+        *first_headers,
+    ]
