@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -392,6 +393,10 @@ class Connection(asyncio.Protocol):
         self.blocked = False
         self._paused = False
         self._flow_waiter: asyncio.Future[None] | None = None
+        # Done when the socket is closed: asyncio's own loop closes it a step
+        # after transport.close(), so a run that ends its loop at once would
+        # leave the connection (and its consumers) open on the broker.
+        self._lost: asyncio.Future[None] = loop.create_future()
         self._next_channel = 1
 
     @classmethod
@@ -413,7 +418,9 @@ class Connection(asyncio.Protocol):
         except TimeoutError:
             raise PerfError(f"cannot connect to {where}: timed out") from None
         except OSError as error:
-            reason = error.strerror or str(error)
+            # asyncio's own loop puts "Connect call failed (...)" in strerror;
+            # the errno's text is the same on every loop.
+            reason = (os.strerror(error.errno) if error.errno else "") or str(error)
             raise PerfError(f"cannot connect to {where}: {reason}") from None
         channel0 = self.channels[0]
         try:
@@ -487,6 +494,8 @@ class Connection(asyncio.Protocol):
                 )
         self._set_error(PerfError("connection closed by amqpy perf"))
         transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lost), within)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -541,6 +550,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc is not None else ""
         self._set_error(PerfError(f"connection lost{reason}"))
+        if not self._lost.done():
+            self._lost.set_result(None)
 
     def pause_writing(self) -> None:
         self._paused = True
