@@ -14,6 +14,7 @@ answer to one event is seen before the next frame is parsed.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ from amqpy.protocol.errors import (
     ProtocolError,
     ProtocolHeaderMismatchError,
 )
-from amqpy.protocol.fieldtable import unmarshal_method
+from amqpy.protocol.fieldtable import decode_table, unmarshal_method
 from amqpy.protocol.frames import (
     FrameReader,
     encode_method,
@@ -48,6 +49,7 @@ from amqpy.protocol.frames import (
 from amqpy.reply_code import ReplyCode
 
 _METHOD_ID = struct.Struct(">HH")
+_U32 = struct.Struct(">I")
 _CONTENT_HEADER_PREFIX = struct.Struct(">HHQ")
 _ACK = struct.Struct(">QB")
 
@@ -94,6 +96,19 @@ _SERVER_ONLY_METHODS = (
 _ACCESS_REQUEST_PREFIX = _METHOD_ID.pack(30, 10)
 _ACCESS_REQUEST_OK_PAYLOAD = _METHOD_ID.pack(30, 11) + b"\x00\x01"
 
+
+def _method_payload(method: pamqp_base.Frame) -> bytes:
+    """A method's payload as pamqp encodes it (the frame without its framing)."""
+    return encode_method(0, method)[7:-1]
+
+
+# Replies without arguments, encoded once: pamqp takes tens of microseconds
+# for each, and the handshake and every channel open and close send them.
+_CONNECTION_OPEN_OK_FRAME = encode_method(0, commands.Connection.OpenOk())
+_CONNECTION_CLOSE_OK_FRAME = encode_method(0, commands.Connection.CloseOk())
+_CHANNEL_OPEN_OK_PAYLOAD = _method_payload(commands.Channel.OpenOk())
+_CHANNEL_CLOSE_OK_PAYLOAD = _method_payload(commands.Channel.CloseOk())
+
 # RabbitMQ also takes the pre-standard 0-9-1 header.
 _ACCEPTED_PROTOCOL_HEADERS = (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
 
@@ -115,6 +130,111 @@ class ChannelState(enum.Enum):
     CLOSING = enum.auto()  # we sent channel.close, waiting for close-ok
 
 
+def encode_start(
+    server_properties: Mapping[str, Any],
+    mechanisms: str = "PLAIN AMQPLAIN",
+    locales: str = "en_US",
+) -> bytes:
+    """The connection.start frame. It is the same for every connection of a
+    listener: encode it once and pass it to each `ServerConnection`."""
+    return encode_method(
+        0,
+        commands.Connection.Start(
+            version_major=0,
+            version_minor=9,
+            server_properties=dict(server_properties),
+            mechanisms=mechanisms,
+            locales=locales,
+        ),
+    )
+
+
+# Decoded client properties by their encoded bytes: the connections of one
+# client library send the same table, and one decoded copy (about a
+# kilobyte) serves them all. Bounded: emptied when full.
+_CLIENT_PROPERTIES: dict[bytes, dict[str, Any]] = {}
+_CLIENT_PROPERTIES_MAX = 256
+
+
+def _shared_client_properties(
+    payload: bytes, decoded: dict[str, Any]
+) -> dict[str, Any]:
+    """The decoded table of a connection.start-ok `payload`, shared with the
+    connections that sent the same bytes (so it must be read only)."""
+    # The table is start-ok's first argument, after the class and method ids.
+    (size,) = _U32.unpack_from(payload, 4)
+    key = payload[4 : 8 + size]
+    shared = _CLIENT_PROPERTIES.get(key)
+    if shared is not None:
+        return shared
+    if "connection_name" in decoded or not _self_contained(key, decoded):
+        # A name is per connection: nothing to share. A value that runs
+        # past the table's end (pamqp reads on) depends on more than `key`.
+        return dict(decoded)
+    if len(_CLIENT_PROPERTIES) >= _CLIENT_PROPERTIES_MAX:
+        _CLIENT_PROPERTIES.clear()
+    shared = _CLIENT_PROPERTIES[key] = dict(decoded)
+    return shared
+
+
+_START_OK_ID = _METHOD_ID.pack(CLASS_CONNECTION, 11)
+
+
+def _known_start_ok(payload: bytes) -> events.StartOkReceived | None:
+    """connection.start-ok decoded by hand when its client properties are
+    known (decoding the table is most of the work): exactly what the generic
+    decoder gives for a well-formed payload. None for anything else (then
+    the generic decoder decides, errors included)."""
+    if len(payload) < 8:
+        return None
+    (size,) = _U32.unpack_from(payload, 4)
+    offset = 8 + size
+    properties = _CLIENT_PROPERTIES.get(payload[4:offset])
+    if properties is None or offset >= len(payload):
+        return None
+    end = offset + 1 + payload[offset]
+    if end + 4 > len(payload):
+        return None
+    mechanism = payload[offset + 1 : end]
+    (size,) = _U32.unpack_from(payload, end)
+    offset = end + 4 + size
+    if offset >= len(payload):
+        return None
+    response = payload[end + 4 : offset]
+    end = offset + 1 + payload[offset]
+    if end > len(payload):
+        return None
+    try:
+        return events.StartOkReceived(
+            properties,
+            mechanism.decode("utf-8"),
+            response,
+            payload[offset + 1 : end].decode("utf-8"),
+        )
+    except UnicodeDecodeError:
+        return None
+
+
+def _self_contained(table: bytes, decoded: dict[str, Any]) -> bool:
+    """Whether `decoded` came from `table`'s bytes alone: a value that ran
+    past the end would read the added byte (or fail without it)."""
+    try:
+        return decode_table(table)[1] == decoded == decode_table(table + b"\xff")[1]
+    except (ValueError, RecursionError, OverflowError, OSError):
+        return False  # decode_table's failures: not self-contained
+
+
+@functools.lru_cache(maxsize=16)
+def _tune_frame(channel_max: int, frame_max: int, heartbeat: int) -> bytes:
+    # The same three limits for every connection of a broker.
+    return encode_method(
+        0,
+        commands.Connection.Tune(
+            channel_max=channel_max, frame_max=frame_max, heartbeat=heartbeat
+        ),
+    )
+
+
 class _Channel:
     __slots__ = (
         "body_parts",
@@ -129,7 +249,8 @@ class _Channel:
         self.content: events.ContentReceived | None = None
         self.body_size = 0
         self.body_received = 0
-        self.body_parts: list[bytes] = []
+        # The frames of a body in several frames; None for the usual one.
+        self.body_parts: list[bytes] | None = None
 
 
 def method_name(class_id: int, method_id: int) -> str:
@@ -157,21 +278,40 @@ def _ids(method: pamqp_base.Frame) -> tuple[int, int]:
 class ServerConnection:
     """State of one connection as seen by the broker."""
 
+    # One per client connection: no per-instance dict.
+    __slots__ = (
+        "_channels",
+        "_frames",
+        "_out",
+        "_reader",
+        "_start_frame",
+        "channel_max",
+        "channel_open_refusal",
+        "frame_max",
+        "heartbeat",
+        "max_message_size",
+        "state",
+    )
+
     def __init__(
         self,
         *,
-        server_properties: Mapping[str, Any],
+        server_properties: Mapping[str, Any] | None = None,
         mechanisms: str = "PLAIN AMQPLAIN",
         locales: str = "en_US",
+        start_frame: bytes | None = None,
         channel_max: int,
         frame_max: int,
         heartbeat: int,
         max_message_size: int,
     ) -> None:
+        """`start_frame` (from `encode_start`) is shared by the connections
+        of a listener; without it, connection.start is encoded from
+        `server_properties`, `mechanisms` and `locales`."""
         self.state = ConnectionState.AWAIT_PROTOCOL_HEADER
-        self._server_properties = dict(server_properties)
-        self._mechanisms = mechanisms
-        self._locales = locales
+        if start_frame is None:
+            start_frame = encode_start(server_properties or {}, mechanisms, locales)
+        self._start_frame = start_frame
         # What we propose in connection.tune; replaced by the negotiated values.
         self.channel_max = channel_max
         self.frame_max = frame_max
@@ -300,19 +440,23 @@ class ServerConnection:
     # -- connection class ----------------------------------------------------
 
     def _handle_connection_method(self, payload: bytes) -> events.Event | None:
-        method = self._decode_method(payload)
         state = self.state
+        if state is ConnectionState.AWAIT_START_OK and payload[:4] == _START_OK_ID:
+            start_ok = _known_start_ok(payload)
+            if start_ok is not None:
+                return start_ok
+        method = self._decode_method(payload)
         if state is ConnectionState.CLOSING:
             if isinstance(method, commands.Connection.CloseOk):
                 self.state = ConnectionState.CLOSED
                 return events.ConnectionCloseOkReceived()
             if isinstance(method, commands.Connection.Close):
-                self._out += encode_method(0, commands.Connection.CloseOk())
+                self._out += _CONNECTION_CLOSE_OK_FRAME
                 self.state = ConnectionState.CLOSED
                 return events.ConnectionCloseOkReceived()
             return None
         if isinstance(method, commands.Connection.Close):
-            self._out += encode_method(0, commands.Connection.CloseOk())
+            self._out += _CONNECTION_CLOSE_OK_FRAME
             self.state = ConnectionState.CLOSED
             return events.ConnectionCloseReceived(method.reply_code, method.reply_text)
         if state is ConnectionState.AWAIT_START_OK and isinstance(
@@ -322,7 +466,7 @@ class ServerConnection:
             if isinstance(response, str):
                 response = response.encode("utf-8")
             return events.StartOkReceived(
-                dict(method.client_properties or {}),
+                _shared_client_properties(payload, method.client_properties or {}),
                 method.mechanism,
                 response,
                 method.locale,
@@ -442,7 +586,7 @@ class ServerConnection:
                 if refusal is not None:
                     raise ProtocolError(ReplyCode.NOT_ALLOWED, refusal)
             self._channels[channel_id] = _Channel()
-            self._out += encode_method(channel_id, commands.Channel.OpenOk())
+            self._out += encode_raw_method(channel_id, _CHANNEL_OPEN_OK_PAYLOAD)
             return events.ChannelOpened(channel_id)
         state = channel.state
         if state is ChannelState.CLOSING:
@@ -451,7 +595,7 @@ class ServerConnection:
                 return events.ChannelClosed(channel_id)
             if isinstance(method, commands.Channel.Close):
                 # Both sides closed at once: answer, and keep waiting for ours.
-                self._out += encode_method(channel_id, commands.Channel.CloseOk())
+                self._out += encode_raw_method(channel_id, _CHANNEL_CLOSE_OK_PAYLOAD)
             elif isinstance(method, commands.Channel.Open):
                 raise ProtocolError(
                     ReplyCode.CHANNEL_ERROR,
@@ -465,7 +609,7 @@ class ServerConnection:
         if state is ChannelState.AWAIT_BODY:
             raise self._unexpected_in_content(_EXPECTED_BODY)
         if isinstance(method, commands.Channel.Close):
-            self._out += encode_method(channel_id, commands.Channel.CloseOk())
+            self._out += encode_raw_method(channel_id, _CHANNEL_CLOSE_OK_PAYLOAD)
             del self._channels[channel_id]
             return events.ChannelClosed(channel_id)
         if isinstance(method, commands.Channel.Open):
@@ -554,7 +698,7 @@ class ServerConnection:
             return content
         channel.body_size = body_size
         channel.body_received = 0
-        channel.body_parts = []
+        channel.body_parts = None
         channel.state = ChannelState.AWAIT_BODY
         return None
 
@@ -579,17 +723,21 @@ class ServerConnection:
             )
         content = channel.content
         assert content is not None
+        parts = channel.body_parts
         if channel.body_received == channel.body_size:
-            if channel.body_parts:
-                channel.body_parts.append(payload)
-                content.body = b"".join(channel.body_parts)
-                channel.body_parts = []
+            if parts:
+                parts.append(payload)
+                content.body = b"".join(parts)
+                channel.body_parts = None
             else:
                 content.body = payload
             channel.state = ChannelState.OPEN
             channel.content = None
             return content
-        channel.body_parts.append(payload)
+        if parts is None:
+            channel.body_parts = [payload]
+        else:
+            parts.append(payload)
         return None
 
     # -- output --------------------------------------------------------------
@@ -611,35 +759,19 @@ class ServerConnection:
         self._out += encode_method(channel_id, method)
 
     def _send_start(self) -> None:
-        self.send_method(
-            0,
-            commands.Connection.Start(
-                version_major=0,
-                version_minor=9,
-                server_properties=self._server_properties,
-                mechanisms=self._mechanisms,
-                locales=self._locales,
-            ),
-        )
+        self._out += self._start_frame
 
     def start_tune(self) -> None:
         """Authentication passed: propose our limits."""
         if self.state is not ConnectionState.AWAIT_START_OK:
             raise RuntimeError(f"start_tune in state {self.state}")
-        self.send_method(
-            0,
-            commands.Connection.Tune(
-                channel_max=self.channel_max,
-                frame_max=self.frame_max,
-                heartbeat=self.heartbeat,
-            ),
-        )
+        self._out += _tune_frame(self.channel_max, self.frame_max, self.heartbeat)
         self.state = ConnectionState.AWAIT_TUNE_OK
 
     def accept_open(self) -> None:
         if self.state is not ConnectionState.AWAIT_OPEN:
             raise RuntimeError(f"accept_open in state {self.state}")
-        self.send_method(0, commands.Connection.OpenOk())
+        self._out += _CONNECTION_OPEN_OK_FRAME
         self.state = ConnectionState.OPEN
 
     def close(
@@ -681,7 +813,7 @@ class ServerConnection:
             return
         channel.state = ChannelState.CLOSING
         channel.content = None
-        channel.body_parts = []
+        channel.body_parts = None
         self.send_method(
             channel_id,
             commands.Channel.Close(

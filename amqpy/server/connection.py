@@ -1,13 +1,14 @@
 """One client connection: a reader task that feeds bytes to the sans-IO
-protocol and handles its events inline, a writer task that is the only
-caller of `send_all` and flushes everything queued in one write, and a
-watchdog task for the handshake timeout and heartbeats."""
+protocol and handles its events inline, and a writer task that is the only
+caller of `send_all` and flushes everything queued in one write. The
+handshake timeout and heartbeats are timers of the broker's scheduler, not
+tasks: an idle connection costs two parked tasks and a timer."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import math
 import platform
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -21,9 +22,14 @@ from amqpy import __version__
 from amqpy.broker.channel import Channel
 from amqpy.broker.errors import AmqpError, PreconditionFailedError
 from amqpy.broker.stats import broker_stats
+from amqpy.broker.timers import Timer
 from amqpy.broker.vhost import VHost
 from amqpy.protocol import events
-from amqpy.protocol.connection import ConnectionState, ServerConnection
+from amqpy.protocol.connection import (
+    ConnectionState,
+    ServerConnection,
+    encode_start,
+)
 from amqpy.protocol.errors import (
     ChannelProtocolError,
     ProtocolError,
@@ -84,7 +90,66 @@ def certificate_common_name(stream: trio.SSLStream[Any]) -> str | None:
 LOGIN_FAILURES = RateLimitedLog(LOGGER)
 
 
+@functools.lru_cache(maxsize=16)
+def _start_frame(product: str, cluster_name: str, mechanisms: str) -> bytes:
+    """connection.start: the same bytes for every connection of a listener,
+    so encoded once (pamqp takes tens of microseconds per encoding)."""
+    return encode_start(server_properties(product, cluster_name), mechanisms)
+
+
+@functools.lru_cache(maxsize=16)
+def _offered_mechanisms(
+    configured: tuple[str, ...], verified_certificate: bool
+) -> tuple[str, ...]:
+    """The SASL mechanisms a connection is offered (one tuple shared by all)."""
+    return tuple(
+        mechanism
+        for mechanism in configured
+        if mechanism != "EXTERNAL" or verified_certificate
+    )
+
+
 class ConnectionHandler:
+    # Thousands of these may be open: no per-instance dict.
+    __slots__ = (
+        "__weakref__",
+        "_aborted",
+        "_close_deadline",
+        "_closing",
+        "_deliveries_refused",
+        "_drained",
+        "_held_content",
+        "_high_water",
+        "_kick_after_batch",
+        "_low_water",
+        "_nursery",
+        "_output_barrier",
+        "_paused_reads",
+        "_sending",
+        "_store_max_pending",
+        "_timer",
+        "_vhost",
+        "_writer_parked",
+        "auth_mechanism",
+        "broker_stats",
+        "certificate_user",
+        "channels",
+        "client_properties",
+        "config",
+        "connected_at",
+        "last_received",
+        "last_sent",
+        "mechanisms",
+        "name",
+        "opened",
+        "peer_host",
+        "protocol",
+        "server",
+        "stream",
+        "tls",
+        "username",
+    )
+
     def __init__(
         self, server: BrokerServer, stream: trio.abc.Stream, peer: str, local: str
     ) -> None:
@@ -104,16 +169,15 @@ class ConnectionHandler:
             if isinstance(stream, trio.SSLStream)
             else None
         )
-        self.mechanisms = [
-            mechanism
-            for mechanism in config.auth.mechanisms
-            if mechanism != "EXTERNAL" or self.certificate_user is not None
-        ]
+        self.mechanisms = _offered_mechanisms(
+            tuple(config.auth.mechanisms), self.certificate_user is not None
+        )
         self.protocol = ServerConnection(
-            server_properties=server_properties(
-                config.server.product, config.server.cluster_name
+            start_frame=_start_frame(
+                config.server.product,
+                config.server.cluster_name,
+                " ".join(self.mechanisms),
             ),
-            mechanisms=" ".join(self.mechanisms),
             channel_max=config.limits.channel_max,
             frame_max=config.limits.frame_max,
             heartbeat=config.heartbeat.interval_s,
@@ -126,16 +190,20 @@ class ConnectionHandler:
         self._high_water = config.limits.outbox_high_water_bytes
         self._low_water = config.limits.outbox_low_water_bytes
         self._store_max_pending = config.store.max_pending_bytes
-        self._writer_wakeup = trio.Event()
-        self._drained = trio.Event()
+        # The writer's task while it waits for output (woken by
+        # `_wake_writer`), None while it runs.
+        self._writer_parked: trio.lowlevel.Task | None = None
+        # Set by the writer when its buffer drains; made by whoever waits.
+        self._drained: trio.Event | None = None
         self._sending = False  # the writer is inside send_all
         self._deliveries_refused = False
         self._output_barrier = 0
         self._paused_reads = 0  # > 0 while we deliberately do not read
         self._aborted = False
         # Channels whose acks freed room during this read batch: their queues
-        # dispatch once at its end, not once per ack.
-        self._kick_after_batch: set[Channel] = set()
+        # dispatch once at its end, not once per ack. A dict as an ordered
+        # set (an empty one is a quarter of an empty set's size).
+        self._kick_after_batch: dict[Channel, None] = {}
         # A publish held back while a resource alarm is on.
         self._held_content: events.ContentReceived | None = (
             None  # definitions generation our output waits for
@@ -151,6 +219,8 @@ class ConnectionHandler:
         self.connected_at = int(time.time() * 1000)
         self.auth_mechanism = ""
         self._nursery: trio.Nursery | None = None
+        # The handshake timeout, then the heartbeat tick (the scheduler's).
+        self._timer: Timer | None = None
 
     # -- facts the channels use --------------------------------------------------
 
@@ -177,25 +247,39 @@ class ConnectionHandler:
 
     def send_raw(self, data: bytes) -> None:
         self.protocol.send_raw(data)
-        self._writer_wakeup.set()
+        task = self._writer_parked
+        if task is not None:
+            self._writer_parked = None
+            trio.lowlevel.reschedule(task)
 
     def send_method(self, channel_id: int, method: pamqp_base.Frame) -> None:
         self.protocol.send_method(channel_id, method)
-        self._writer_wakeup.set()
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        task = self._writer_parked
+        if task is not None:
+            self._writer_parked = None
+            trio.lowlevel.reschedule(task)
 
     # -- life cycle ---------------------------------------------------------------
 
     async def run(self) -> None:
+        scheduler = self.server.scheduler
+        self._timer = scheduler.call_at(
+            scheduler.now() + self.config.listener.handshake_timeout_s,
+            self._handshake_timed_out,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer_task, name="_writer_task")
-                nursery.start_soon(self._watchdog_task, name="_watchdog_task")
                 await self._reader_task()
                 await self._flush_and_stop(nursery)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away; cleanup below
         finally:
+            self._nursery = None  # done (and no cycle: see _release)
             self._release()
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -207,13 +291,24 @@ class ConnectionHandler:
             # Also while a send is under way: cancelling it midway would
             # cut the last frames (and break a TLS stream's close_notify).
             while self.protocol.pending_output or self._sending:
-                self._writer_wakeup.set()
-                self._drained = trio.Event()
-                await self._drained.wait()
+                await self._wait_writer_progress()
         nursery.cancel_scope.cancel()
+
+    async def _wait_writer_progress(self) -> None:
+        """Until the writer has sent what it has, or enough of it."""
+        self._drained = drained = trio.Event()
+        self._wake_writer()
+        await drained.wait()
 
     def _release(self) -> None:
         self._closing = True  # no deliveries to a connection that is gone
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # No reference cycle through us: a closed connection (its buffers,
+        # socket objects and channels) is freed at once, not at the next
+        # full garbage collection.
+        self.protocol.channel_open_refusal = None
         for handler in list(self.channels.values()):
             handler.close()
         self.channels.clear()
@@ -236,31 +331,54 @@ class ConnectionHandler:
         if self._closing:
             return
         self._close_connection(reply_code, reply_text)
-        self._writer_wakeup.set()
+        self._wake_writer()
 
     # -- reader -------------------------------------------------------------------
 
     async def _reader_task(self) -> None:
         receive_size = self.config.limits.receive_size_bytes
         stream = self.stream
+        # A plain socket's readiness can be awaited on its own (TLS has
+        # buffered bytes of its own, so not there).
+        raw_socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        drained = False  # the last read emptied the socket
         while True:
-            # Once we have sent connection.close, only close-ok is awaited,
-            # and only until the close timeout.
             deadline = self._close_deadline
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            if deadline is None:
+                if drained and raw_socket is not None:
+                    # Likely idle: wait here, three frames deep, not inside
+                    # receive_some's eight (about 2 KB per idle connection),
+                    # and skip the read that would only find nothing.
+                    await trio.lowlevel.wait_readable(raw_socket)
+                # No cancel scope per read: it would cost a scope (and its
+                # sets) per idle connection and per read.
                 data = await stream.receive_some(receive_size)
-                deadline = None
-            if deadline is not None or not data:
+            else:
+                # Once we have sent connection.close, only close-ok is
+                # awaited, and only until the close timeout.
+                with trio.move_on_at(deadline):
+                    data = await stream.receive_some(receive_size)
+                    deadline = None
+                if deadline is not None:
+                    return
+            if not data:
                 return
+            drained = len(data) < receive_size
             self.last_received = trio.current_time()
             self.protocol.receive_data(data)
+            # The protocol copied it: an idle connection must not keep its
+            # last read (up to receive_size) while it waits for the next.
+            del data
             self._process_events()
+            await self._send_replies()
             while self._held_content is not None:
                 async with self._reads_paused():
                     await self._wait_publish_allowed()
                 content, self._held_content = self._held_content, None
                 self._handle_event(content)
+                del content  # nor a held message's body
                 self._process_events()
+                await self._send_replies()
             if self.protocol.state is ConnectionState.CLOSED:
                 return
             if self._close_deadline is not None:
@@ -307,12 +425,10 @@ class ConnectionHandler:
 
     async def _wait_drained(self) -> None:
         while self.protocol.pending_output >= self._low_water and not self._closing:
-            self._drained = trio.Event()
-            self._writer_wakeup.set()
-            await self._drained.wait()
+            await self._wait_writer_progress()
 
     def defer_kick(self, channel: Channel) -> None:
-        self._kick_after_batch.add(channel)
+        self._kick_after_batch[channel] = None
 
     def _process_events(self) -> None:
         generation = self.server.definitions_generation
@@ -356,11 +472,31 @@ class ConnectionHandler:
                     error.reply_code, error.reply_text, error.class_id, error.method_id
                 )
                 break
-        if protocol.pending_output:
-            self._writer_wakeup.set()
+
+    async def _send_replies(self) -> None:
+        """Send what processing queued: from the reader while no channel is
+        open (the handshake: the client waits for each reply, and nothing
+        but replies is written), which spares the writer a wakeup per step;
+        else by waking the writer."""
+        protocol = self.protocol
+        if not protocol.pending_output:
+            return
+        if (
+            not self.channels
+            and self._writer_parked is not None  # so not sending either
+            and not self._output_barrier
+        ):
+            data = protocol.data_to_send()
+            self._sending = True  # the writer, if woken meanwhile, waits
+            await self.stream.send_all(data)
+            self._sending = False
+            self.last_sent = trio.current_time()
+            if not protocol.pending_output:
+                return
+        self._wake_writer()
 
     def _flush_kicks(self) -> None:
-        channels, self._kick_after_batch = self._kick_after_batch, set()
+        channels, self._kick_after_batch = self._kick_after_batch, {}
         for channel in channels:
             channel.kick()
 
@@ -422,7 +558,7 @@ class ConnectionHandler:
         """A delivery on the channel went unacknowledged too long."""
         LOGGER.warning("%s: %s", self.name, text)
         self._amqp_error(channel_id, PreconditionFailedError(text), 0, 0)
-        self._writer_wakeup.set()
+        self._wake_writer()
 
     def _amqp_error(
         self, channel_id: int, error: AmqpError, class_id: int, method_id: int
@@ -464,14 +600,19 @@ class ConnectionHandler:
             self._close_deadline = (
                 trio.current_time() + self.config.listener.close_timeout_s
             )
-            if self._nursery is not None:
-                # The reader may be waiting with no deadline (a close from
-                # the API, or while it is paused): the drop is timed here.
-                self._nursery.start_soon(self._drop_at_close_deadline)
+            # The reader may be waiting with no deadline (a close from the
+            # API, or while it is paused): the drop is timed here. A timer,
+            # not a task: the connection's nursery may already be closing.
+            # It replaces the handshake timeout (later) or the heartbeats
+            # (none are sent while closing).
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.server.scheduler.call_at(
+                self._close_deadline, self._close_timed_out
+            )
 
-    async def _drop_at_close_deadline(self) -> None:
-        assert self._close_deadline is not None
-        await trio.sleep_until(self._close_deadline)
+    def _close_timed_out(self) -> None:
+        self._timer = None
         if self.protocol.state is not ConnectionState.CLOSED:
             LOGGER.warning("%s: no close-ok in time, dropping", self.name)
             self._abort()
@@ -515,8 +656,10 @@ class ConnectionHandler:
             )
             self._refuse_login(event.mechanism)
             return
-        self.username = username
-        self.auth_mechanism = event.mechanism
+        # The users table's and the config's strings, not copies per
+        # connection (user.name is the name the client sent).
+        self.username = user.name
+        self.auth_mechanism = self.mechanisms[self.mechanisms.index(event.mechanism)]
         self.protocol.channel_open_refusal = self._user_channel_refusal
         self.protocol.start_tune()
 
@@ -558,6 +701,11 @@ class ConnectionHandler:
         self._vhost = vhost
         self.protocol.accept_open()
         self.opened = True
+        if self._timer is not None:
+            self._timer.cancel()  # the handshake is done in time
+            self._timer = None
+        if self.protocol.heartbeat:
+            self._arm_heartbeat()
         self.server.connection_opened(self)
         self.broker_stats.connections_opened += 1
         self.broker_stats.track(vhost)
@@ -613,10 +761,13 @@ class ConnectionHandler:
         protocol = self.protocol
         stream = self.stream
         while True:
-            if not protocol.pending_output:
-                self._drained.set()
-                self._writer_wakeup = trio.Event()
-                await self._writer_wakeup.wait()
+            if not protocol.pending_output or self._sending:
+                if not self._sending:  # (else the reader sends a reply)
+                    self._signal_drained()
+                # Parked by hand rather than on a trio.Event: no event
+                # object per wait, and a wakeup is one reschedule.
+                self._writer_parked = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._writer_unparked)
                 continue
             while self._output_barrier:
                 # Replies that follow a durable change wait for its save; the
@@ -628,12 +779,13 @@ class ConnectionHandler:
             data = protocol.data_to_send()
             self._sending = True
             await stream.send_all(data)
+            del data  # not kept while the writer waits
             self._sending = False
             self.last_sent = trio.current_time()
             if protocol.pending_output < self._low_water:
                 # Wake a reader waiting for us before consumers refill the
                 # buffer: a busy consumer's own requests must still be read.
-                self._drained.set()
+                self._signal_drained()
             if (
                 self._deliveries_refused
                 and protocol.pending_output < self._low_water
@@ -643,38 +795,52 @@ class ConnectionHandler:
                 for handler in list(self.channels.values()):
                     handler.channel.kick()
 
-    # -- watchdog ----------------------------------------------------------------------
+    def _writer_unparked(self, _: object) -> trio.lowlevel.Abort:
+        """The parked writer is cancelled (the connection ends)."""
+        self._writer_parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
-    async def _watchdog_task(self) -> None:
-        handshake_deadline = (
-            trio.current_time() + self.config.listener.handshake_timeout_s
-        )
-        while not self.protocol.is_open:
-            if trio.current_time() >= handshake_deadline:
-                if not self._closing:
-                    LOGGER.warning("%s: handshake timeout, closing", self.name)
-                self._abort()
-                return
-            await trio.sleep(min(0.5, self.config.listener.handshake_timeout_s))
-        heartbeat = self.protocol.heartbeat
-        if not heartbeat:
+    def _signal_drained(self) -> None:
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            drained.set()
+
+    # -- timers: handshake timeout and heartbeats ------------------------------------
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.protocol.is_open:
             return
-        while True:
-            await trio.sleep(heartbeat / 2)
-            now = trio.current_time()
-            if not self._paused_reads and now - self.last_received > 2 * heartbeat:
-                LOGGER.warning(
-                    "%s: missed heartbeats from client, timeout: %ss",
-                    self.name,
-                    heartbeat,
-                )
-                self._abort()
-                return
-            # Idle for (about) half an interval: a heartbeat keeps the client's
-            # view of us alive, every heartbeat/2 when idle, as RabbitMQ. The
-            # slack covers our own last heartbeat leaving just after its tick.
-            if now - self.last_sent >= 0.4 * heartbeat and not self._closing:
-                self.send_raw(HEARTBEAT_FRAME)
+        if not self._closing:
+            LOGGER.warning("%s: handshake timeout, closing", self.name)
+        self._abort()
+
+    def _arm_heartbeat(self) -> None:
+        scheduler = self.server.scheduler
+        self._timer = scheduler.call_at(
+            scheduler.now() + self.protocol.heartbeat / 2, self._heartbeat_tick
+        )
+
+    def _heartbeat_tick(self) -> None:
+        """Every heartbeat/2 once open, until the connection is released."""
+        self._timer = None
+        heartbeat = self.protocol.heartbeat
+        now = trio.current_time()
+        if not self._paused_reads and now - self.last_received > 2 * heartbeat:
+            LOGGER.warning(
+                "%s: missed heartbeats from client, timeout: %ss",
+                self.name,
+                heartbeat,
+            )
+            self._abort()
+            return
+        # Idle for (about) half an interval: a heartbeat keeps the client's
+        # view of us alive, every heartbeat/2 when idle, as RabbitMQ. The
+        # slack covers our own last heartbeat leaving just after its tick.
+        if now - self.last_sent >= 0.4 * heartbeat and not self._closing:
+            self.send_raw(HEARTBEAT_FRAME)
+        self._arm_heartbeat()
 
     def _abort(self) -> None:
         """Drop the connection at once (no close handshake)."""

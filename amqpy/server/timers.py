@@ -12,6 +12,21 @@ from amqpy.broker.timers import Timer, TimerHeap
 LOGGER = logging.getLogger(__name__)
 
 
+def _cancelled() -> None:
+    """What a cancelled timer holds instead of its callback."""
+
+
+class _TrioTimer(Timer):
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        super().cancel()
+        # A cancelled timer stays in the heap until its deadline or the next
+        # compaction: it must not keep its callback's owner (a closed
+        # connection and all it holds, say) alive that long.
+        self.callback = _cancelled
+
+
 class TrioScheduler:
     def __init__(self) -> None:
         self._timers = TimerHeap()
@@ -21,7 +36,7 @@ class TrioScheduler:
         return trio.current_time()
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(deadline, callback)
+        timer = _TrioTimer(deadline, callback)
         if self._timers.push(timer):
             self._wakeup.set()  # a new earliest deadline
         return timer
