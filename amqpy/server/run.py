@@ -487,7 +487,8 @@ class BrokerServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            nursery.start_soon(self._run_connection, stream, context)
+            # A fixed name: trio would build a string per connection.
+            nursery.start_soon(self._run_connection, stream, context, name="amqp")
 
     async def _run_connection(
         self, stream: trio.SocketStream, context: ssl.SSLContext | None
@@ -505,6 +506,7 @@ class BrokerServer:
                 return
             connection_stream = secure
         handler = ConnectionHandler(self, connection_stream, peer, local)
+        del peer, local  # the handler keeps its own copies in its name
         self.connections.add(handler)
         LOGGER.debug("accepting AMQP connection %s", handler.name)
         try:
