@@ -288,9 +288,25 @@ class Channel:
         self.unacked = {item.delivery_tag: item for item in merged}
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
-        taken = self._take(delivery_tag, multiple)
-        self._settle(taken)
-        self._forget(taken)
+        if multiple:
+            taken = self._take(delivery_tag, multiple)
+            self._settle(taken)
+            self._forget(taken)
+        else:
+            # One basic.ack per message is the common case: _take, _settle
+            # and _forget for one delivery, without their lists and loops.
+            item = self.unacked.pop(delivery_tag, None)
+            if item is None:
+                raise PreconditionFailedError(f"unknown delivery tag {delivery_tag}")
+            queue = item.queue
+            queue.unacked_count -= 1
+            queue.stat_ack += 1
+            consumer = item.consumer
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.consumer_unacked -= 1
+            if item.entry.persisted:
+                queue.settle(item.entry)
         if self.defer_kick is not None:
             self.defer_kick(self)  # the caller kicks once for many acks
         else:

@@ -245,9 +245,13 @@ class Queue:
         ttl = self._ttl_ms(message) if self._scheduler is not None else None
         if ttl is not None:
             entry.expires_at = self._now() + ttl / 1000
-        self.messages.append(entry)
+        messages = self.messages
+        messages.append(entry)
         self.ready_bytes += len(message.body)
-        if self.consumers:
+        # With older messages still ready, every consumer is full (whatever
+        # frees room dispatches: an ack, a qos, a drained connection, a new
+        # consumer), so a backlog costs no dispatch per publish.
+        if self.consumers and len(messages) == 1:
             self._arriving = entry
             try:
                 self.dispatch()
@@ -498,6 +502,28 @@ class Queue:
             messages = self.messages
             consumers = self.consumers
             while messages and consumers:
+                if len(consumers) == 1:
+                    # One consumer (the common case): no turns to take, so
+                    # deliver while it has room.
+                    consumer = consumers[0]
+                    channel = consumer.channel
+                    arriving = self._arriving
+                    while messages and channel.can_deliver(consumer):
+                        entry = messages.popleft()
+                        self.ready_bytes -= len(entry.message.body)
+                        expires_at = entry.expires_at
+                        if (
+                            expires_at is not None
+                            and entry is not arriving
+                            and expires_at <= self._now()
+                        ):
+                            self._expired([entry])
+                            break  # dead-lettering may change the consumers
+                        delivered = True
+                        channel.deliver(consumer, entry)
+                    else:
+                        return  # full or empty; an ack or a drain wakes us
+                    continue
                 if self.single_active_consumer:
                     # Only the first consumer receives; the next takes over
                     # when it goes.

@@ -324,6 +324,73 @@ def encode_delivery(
     return b"".join(parts)
 
 
+# The varying fields of a delivery, packed at once: delivery tag and
+# redelivered; the content header's frame head, class, weight and body size;
+# the header's frame end and the body frame's head.
+_TAG_REDELIVERED = struct.Struct(">QB")
+_HEADER_HEAD = struct.Struct(">BHIHHQ")
+_END_BODY_HEAD = struct.Struct(">BBHI")
+
+
+def deliver_template(
+    channel_id: int, consumer_tag_raw: bytes, route_raw: bytes
+) -> tuple[bytes, bytes]:
+    """What a consumer's basic.deliver frames share while the route stays
+    the same: the bytes before the delivery tag and those after the
+    redelivered bit (for `encode_delivery_from`)."""
+    head = (
+        _FRAME_HEAD.pack(
+            FRAME_METHOD, channel_id, 13 + len(consumer_tag_raw) + len(route_raw)
+        )
+        + _DELIVER_ID
+        + consumer_tag_raw
+    )
+    return head, route_raw + FRAME_END_BYTE
+
+
+def encode_delivery_from(
+    template: tuple[bytes, bytes],
+    channel_id: int,
+    delivery_tag: int,
+    redelivered: bool,
+    properties_raw: bytes,
+    body: bytes,
+    frame_max: int,
+) -> bytes:
+    """`encode_delivery` with the method frame's fixed parts taken from a
+    `deliver_template`: the same bytes, with three packs and one join for a
+    body that fits one frame (the hot path)."""
+    body_size = len(body)
+    if not body or body_size > frame_max - FRAME_OVERHEAD:
+        return b"".join(
+            [
+                template[0],
+                _TAG_REDELIVERED.pack(delivery_tag, redelivered),
+                template[1],
+                *_content_parts(channel_id, properties_raw, body, frame_max),
+            ]
+        )
+    return b"".join(
+        (
+            template[0],
+            _TAG_REDELIVERED.pack(delivery_tag, redelivered),
+            template[1],
+            _HEADER_HEAD.pack(
+                FRAME_HEADER,
+                channel_id,
+                12 + len(properties_raw),
+                CLASS_BASIC,
+                0,
+                body_size,
+            ),
+            properties_raw,
+            _END_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_id, body_size),
+            body,
+            FRAME_END_BYTE,
+        )
+    )
+
+
 def encode_properties(properties: pamqp_base.BasicProperties) -> bytes:
     """Property flags and values, as they follow body_size in a content header."""
     return properties.marshal()

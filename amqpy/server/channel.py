@@ -77,9 +77,10 @@ class ChannelHandler:
         self.vhost: VHost = connection.vhost
         self.channel = Channel(self, owner=connection)
         self.channel.defer_kick = connection.defer_kick
-        # Encoded short strings reused across deliveries.
-        self._tag_cache: dict[str, bytes] = {}
-        self._last_route: tuple[str, str, bytes] = ("", "", b"\x00\x00")
+        # Per consumer tag: the exchange and routing key of its last delivery
+        # and the fixed bytes of its basic.deliver frame for that route
+        # (frames.deliver_template), reused while the route stays the same.
+        self._deliver_templates: dict[str, tuple[str, str, tuple[bytes, bytes]]] = {}
         self.confirm_mode = False
         self.next_publish_seq_no = 1
         # Confirms (publish seq_nos) and tx.commit-oks waiting for the store
@@ -126,28 +127,42 @@ class ChannelHandler:
         message: Message,
     ) -> None:
         connection = self.connection
-        tag_raw = self._tag_cache.get(consumer_tag)
-        if tag_raw is None:
-            if len(self._tag_cache) > 1000:
-                self._tag_cache.clear()  # bounded: consumers come and go
-            tag_raw = self._tag_cache[consumer_tag] = frames.shortstr(consumer_tag)
-        exchange, routing_key, route_raw = self._last_route
-        if exchange != message.exchange or routing_key != message.routing_key:
-            exchange, routing_key = message.exchange, message.routing_key
-            route_raw = frames.shortstr(exchange) + frames.shortstr(routing_key)
-            self._last_route = (exchange, routing_key, route_raw)
+        cached = self._deliver_templates.get(consumer_tag)
+        if (
+            cached is None
+            or cached[1] != message.routing_key
+            or cached[0] != message.exchange
+        ):
+            cached = self._new_deliver_template(consumer_tag, message)
         connection.send_raw(
-            frames.encode_delivery(
+            frames.encode_delivery_from(
+                cached[2],
                 self.channel_id,
-                tag_raw,
                 delivery_tag,
                 redelivered,
-                route_raw,
                 message.properties_raw,
                 message.body,
                 connection.frame_max,
             )
         )
+
+    def _new_deliver_template(
+        self, consumer_tag: str, message: Message
+    ) -> tuple[str, str, tuple[bytes, bytes]]:
+        templates = self._deliver_templates
+        if len(templates) > 1000:
+            templates.clear()  # bounded: consumers come and go
+        exchange, routing_key = message.exchange, message.routing_key
+        cached = templates[consumer_tag] = (
+            exchange,
+            routing_key,
+            frames.deliver_template(
+                self.channel_id,
+                frames.shortstr(consumer_tag),
+                frames.shortstr(exchange) + frames.shortstr(routing_key),
+            ),
+        )
+        return cached
 
     def deliver_reply(self, message: Message) -> None:
         """A direct reply-to response: straight to the reply consumer, no
