@@ -44,6 +44,28 @@ class DeliverySink(Protocol):
         """The broker cancelled a consumer (its queue was deleted)."""
 
 
+class _ClosedSink:
+    """The sink of a closed channel: nothing more is delivered to it."""
+
+    def can_accept(self) -> bool:
+        return False
+
+    def deliver(
+        self,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        message: Message,
+    ) -> None:
+        raise RuntimeError("delivery to a closed channel")
+
+    def consumer_cancelled(self, consumer_tag: str) -> None:
+        pass
+
+
+CLOSED_SINK: DeliverySink = _ClosedSink()
+
+
 def generate_name(prefix: str) -> str:
     """A RabbitMQ-style generated name: prefix + 22 url-safe base64 chars."""
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode()[:22]
@@ -354,3 +376,8 @@ class Channel:
         self._requeue(taken)
         for consumer in consumers:
             consumer.queue.remove_consumer(consumer)
+        # Break the channel <-> sink (the server's channel handler) cycle, so a
+        # closed connection's objects go by reference counting, not at the
+        # next full garbage collection.
+        self.sink = CLOSED_SINK
+        self.defer_kick = None
