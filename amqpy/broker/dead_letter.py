@@ -10,7 +10,6 @@ import attrs
 
 from amqpy.model.message import (
     Message,
-    decode_properties,
     join_properties,
     split_properties,
 )
@@ -57,10 +56,9 @@ def dead_lettered_message(
     Raises:
         ValueError: the message's properties cannot be decoded.
     """
-    # A fresh decode: the message's cached properties are shared by every
-    # queue it went to and must not change.
-    properties = decode_properties(message.properties_raw)
-    decoded: dict[str, Any] = properties.headers or {}
+    # The message's cached decode, only read: the copy is built from the
+    # encoded values.
+    decoded: dict[str, Any] = message.headers or {}
     parts = split_properties(message.properties_raw)
     headers = dict(split_table(parts["headers"])) if "headers" in parts else {}
     routing_keys: list[Any] = [message.routing_key]
